@@ -1,0 +1,7 @@
+//! ami-zoho-bridge: Asterisk Manager Interface events in, Zoho CRM Call activities out.
+//!
+//! Data flows one way: [`ami`] → calls → triggers → outbox → zoho. See `README.md` and the
+//! module docs for the why of each stage.
+
+pub mod ami;
+pub mod secret;

@@ -94,17 +94,19 @@ async fn md5_login_streams_every_event_and_never_sends_the_secret() {
     let (_client, _rx) = AmiClient::connect(client_config(server.port, AuthMethod::Md5, SECRET))
         .await
         .expect("md5 login");
-    let st = server.state.lock().unwrap();
-    assert_eq!(st.logins_ok, 1);
-    assert!(st
-        .actions
-        .iter()
-        .all(|a| a.values().all(|v| !v.contains(SECRET))));
-    assert!(st
-        .actions
-        .iter()
-        .any(|a| a.get("action").map(String::as_str) == Some("Challenge")));
-    drop(st);
+    {
+        let st = server.state.lock().unwrap();
+        assert_eq!(st.logins_ok, 1);
+        assert!(st
+            .actions
+            .iter()
+            .all(|a| a.values().all(|v| !v.contains(SECRET))));
+        let challenged = st
+            .actions
+            .iter()
+            .any(|a| a.get("action").map(String::as_str) == Some("Challenge"));
+        assert!(challenged);
+    }
     login_and_stream(AuthMethod::Md5).await;
 }
 

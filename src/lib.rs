@@ -4,4 +4,6 @@
 //! module docs for the why of each stage.
 
 pub mod ami;
+pub mod calls;
+pub mod config;
 pub mod secret;

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use ami_zoho_bridge::ami::replay::Replay;
 use ami_zoho_bridge::ami::{AmiClient, AuthMethod, ClientConfig, SourceEvent};
+use ami_zoho_bridge::calls::{Micros, Output, Tracker};
+use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::secret::Secret;
 
 #[derive(Parser)]
@@ -36,14 +38,19 @@ enum LogFormat {
 enum Emit {
     /// One JSON object per AMI message: {"event": name, "headers": [[k, v], ...]}.
     Events,
+    /// One JSON object per finished call, in end order.
+    Calls,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Replay a recorded AMI capture (raw bytes, banner included) through the pipeline.
     Replay {
-        /// The capture file.
+        /// The capture file (raw bytes, or .gz).
         file: PathBuf,
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// What to print, one JSON object per line.
         #[arg(long, value_enum, default_value_t = Emit::Events)]
         emit: Emit,
@@ -64,6 +71,12 @@ enum Command {
         /// Exit after this many seconds without traffic.
         #[arg(long, value_name = "SECS")]
         idle_exit: Option<f64>,
+    },
+    /// Run a capture through parser and call tracker as fast as possible and print the rate.
+    BenchPipeline {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Parse a capture as fast as possible and print the rate (a benchmark, not a test).
     BenchParse {
@@ -118,7 +131,8 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Replay { file, emit } => replay(&file, emit),
+        Command::Replay { file, config, emit } => replay(&file, config.as_deref(), emit),
+        Command::BenchPipeline { file, config } => bench_pipeline(&file, config.as_deref()),
         Command::BenchParse {
             file,
             rounds,
@@ -146,25 +160,99 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn replay(file: &Path, emit: Emit) -> anyhow::Result<()> {
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> {
+    let cfg = load_config(config)?;
     let replay =
         Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    let mut tracker = Tracker::new(cfg.calls.clone());
+    let mut outputs = Vec::new();
     for event in replay {
-        if let SourceEvent::Message(m) = event? {
-            match emit {
+        match event? {
+            SourceEvent::Message(m) => match emit {
                 Emit::Events => writeln!(out, "{}", m.to_json())?,
-            }
+                Emit::Calls => tracker.on_message(&m, Micros(0), &mut outputs),
+            },
+            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
+            _ => {}
         }
+        write_calls(&mut out, &mut outputs)?;
+    }
+    if emit == Emit::Calls {
+        tracker.finish(&mut outputs);
+        write_calls(&mut out, &mut outputs)?;
     }
     out.flush()?;
+    Ok(())
+}
+
+fn write_calls(out: &mut impl Write, outputs: &mut Vec<Output>) -> anyhow::Result<()> {
+    for o in outputs.drain(..) {
+        if let Output::Finished(call) = o {
+            writeln!(out, "{}", serde_json::to_string(&call)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn bench_pipeline(file: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    use ami_zoho_bridge::ami::{AmiCodec, Frame};
+    use tokio_util::codec::Decoder;
+    let cfg = load_config(config)?;
+    let data = Replay::read_all(file).with_context(|| format!("reading {}", file.display()))?;
+    let start = Instant::now();
+    let mut buf = bytes::BytesMut::with_capacity(128 * 1024);
+    let mut codec = AmiCodec::default();
+    let mut tracker = Tracker::new(cfg.calls.clone());
+    let mut outputs = Vec::new();
+    let (mut events, mut calls) = (0u64, 0u64);
+    let mut chunks = data.chunks(64 * 1024);
+    loop {
+        let frame = match codec.decode(&mut buf)? {
+            Some(f) => Some(f),
+            None => match chunks.next() {
+                Some(chunk) => {
+                    buf.extend_from_slice(chunk);
+                    continue;
+                }
+                None => codec.decode_eof(&mut buf)?,
+            },
+        };
+        let Some(frame) = frame else { break };
+        if let Frame::Message(m) = frame {
+            events += u64::from(m.event().is_some());
+            tracker.on_message(&m, Micros(0), &mut outputs);
+            calls += outputs
+                .iter()
+                .filter(|o| matches!(o, Output::Finished(_)))
+                .count() as u64;
+            outputs.clear();
+        }
+    }
+    tracker.finish(&mut outputs);
+    calls += outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Finished(_)))
+        .count() as u64;
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "events={events} calls={calls} seconds={seconds:.6} events_per_sec={:.0} peak_live_calls={}",
+        events as f64 / seconds,
+        tracker.peak_live_calls()
+    );
     Ok(())
 }
 
 async fn watch(cfg: ClientConfig, emit: Emit, idle_exit: Option<Duration>) -> anyhow::Result<()> {
     let (_client, mut events) = AmiClient::connect(cfg).await?;
     let mut out = io::stdout();
+    let mut tracker = Tracker::new(Config::default().calls);
+    let mut outputs = Vec::new();
     loop {
         let next = match idle_exit {
             Some(idle) => match tokio::time::timeout(idle, events.recv()).await {
@@ -183,7 +271,14 @@ async fn watch(cfg: ClientConfig, emit: Emit, idle_exit: Option<Duration>) -> an
                     writeln!(out, "{}", m.to_json())?;
                     out.flush()?;
                 }
+                Emit::Calls => {
+                    let now = Micros(jiff::Timestamp::now().as_microsecond());
+                    tracker.on_message(&m, now, &mut outputs);
+                    write_calls(&mut out, &mut outputs)?;
+                    out.flush()?;
+                }
             },
+            Some(SourceEvent::Reconnected { .. }) => tracker.on_reconnect(),
             Some(other) => tracing::info!(?other, "AMI session"),
         }
     }

@@ -1,0 +1,1044 @@
+//! Events in, calls out: a pure state machine (no I/O, no clock of its own).
+//!
+//! Channels are grouped into calls by a union of every relation the events prove: a shared
+//! Linkedid, a Dial (caller ↔ destination), the two halves of a Local channel, a queue caller
+//! and its member leg, a shared bridge, a transfer. A call is finished when all of its channels
+//! have hung up and a grace period has passed in stream time (late `AgentComplete` and `Cdr`
+//! events belong to it); it is then emitted exactly once.
+//!
+//! Time is the event's own `Timestamp:` when the PBX sends it, else the time the caller passes
+//! in (arrival time live). Replays of captures with timestamps are therefore deterministic.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::ami::Message;
+use crate::config::CallsConfig;
+
+use super::model::{Call, Direction, HangupBy, Leg, LinkedId, Micros, Status, Transfer};
+
+/// A moment of a live call that triggers can fire on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Moment {
+    /// An agent's phone (or the far end) starts ringing.
+    Ring,
+    Answer,
+    /// The answered call hung up.
+    Hangup,
+    /// An agent was rung and did not take the call.
+    Reject,
+}
+
+/// What the tracker hands on.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A live moment, with the call as known so far.
+    Moment(Moment, Box<Call>),
+    /// A finished call, emitted once.
+    Finished(Box<Call>),
+}
+
+type CallKey = u64;
+
+#[derive(Debug)]
+struct Chan {
+    call: CallKey,
+    name: String,
+    local: bool,
+    hung_up: Option<Micros>,
+    cause: Option<u16>,
+}
+
+#[derive(Debug, Default)]
+struct CallState {
+    linkedid: String,
+    /// Channel uniqueids in creation order; the first is the call's origin.
+    channels: Vec<String>,
+    live: usize,
+    started_at: Micros,
+    last_event: Micros,
+    all_ended_at: Option<Micros>,
+    first_context: String,
+    first_name: String,
+    caller: Option<String>,
+    caller_name: Option<String>,
+    callee: Option<String>,
+    queue: Option<String>,
+    queue_status: Option<String>,
+    agent: Option<String>,
+    agent_interface: Option<String>,
+    agent_email: Option<String>,
+    connected_at: Option<Micros>,
+    hold_seconds: Option<u32>,
+    ring_seconds: Option<u32>,
+    agent_talk: Option<u32>,
+    agent_reason: Option<String>,
+    origin_dial_status: Option<String>,
+    origin_dial_answer: Option<Micros>,
+    origin_dial_begin: Option<Micros>,
+    route: Option<String>,
+    trunk_leg: bool,
+    first_hangup_request_origin: Option<bool>,
+    transfers: Vec<Transfer>,
+    tags: BTreeMap<String, String>,
+    incomplete: bool,
+    fired_hangup: bool,
+}
+
+/// The correlator. Feed it messages in wire order; collect the outputs.
+pub struct Tracker {
+    cfg: CallsConfig,
+    channels: HashMap<String, Chan>,
+    calls: HashMap<CallKey, CallState>,
+    by_linkedid: HashMap<String, CallKey>,
+    /// Live Local channels by name, to pair `;1` and `;2`.
+    local_names: HashMap<String, String>,
+    /// (queue, interface) of the last AgentConnect → call: AgentComplete may lack channel fields.
+    queue_members: HashMap<(String, String), CallKey>,
+    bridges: HashMap<String, Vec<String>>,
+    next_key: CallKey,
+    now: Micros,
+    peak_live: usize,
+}
+
+const GRACE_DEFAULT: f64 = 2.0;
+
+impl Tracker {
+    pub fn new(cfg: CallsConfig) -> Tracker {
+        Tracker {
+            cfg,
+            channels: HashMap::new(),
+            calls: HashMap::new(),
+            by_linkedid: HashMap::new(),
+            local_names: HashMap::new(),
+            queue_members: HashMap::new(),
+            bridges: HashMap::new(),
+            next_key: 1,
+            now: Micros(0),
+            peak_live: 0,
+        }
+    }
+
+    /// Calls currently tracked (live, or waiting out their grace period).
+    pub fn live_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The most calls tracked at once so far.
+    pub fn peak_live_calls(&self) -> usize {
+        self.peak_live
+    }
+
+    /// Processes one message. `arrival` is used when the event has no `Timestamp:`.
+    pub fn on_message(&mut self, m: &Message, arrival: Micros, out: &mut Vec<Output>) {
+        let Some(event) = m.event() else { return };
+        // Items of our own list actions carry an ActionID; they are not live changes.
+        if m.action_id().is_some() {
+            return;
+        }
+        let ts = m
+            .get("Timestamp")
+            .and_then(Micros::parse_epoch)
+            .unwrap_or(if arrival.0 > 0 { arrival } else { self.now });
+        if ts > self.now {
+            self.now = ts;
+        }
+        let event = String::from_utf8_lossy(event);
+        self.apply(&event, m, ts, out);
+        self.flush_due(out);
+    }
+
+    /// A new AMI session after a drop: events in the gap are lost. Calls that spanned it are
+    /// marked incomplete; their channels still end them if the events come.
+    pub fn on_reconnect(&mut self) {
+        for call in self.calls.values_mut() {
+            call.incomplete = true;
+        }
+    }
+
+    /// Advances stream time without an event (live: a timer), flushing calls past their grace.
+    pub fn tick(&mut self, now: Micros, out: &mut Vec<Output>) {
+        if now > self.now {
+            self.now = now;
+        }
+        self.flush_due(out);
+    }
+
+    /// End of the stream: every call still open is emitted, marked incomplete if it had live
+    /// channels.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
+        keys.sort_by_key(|k| {
+            self.calls
+                .get(k)
+                .map(|c| (c.all_ended_at.unwrap_or(self.now), c.started_at))
+        });
+        for key in keys {
+            if let Some(c) = self.calls.get_mut(&key) {
+                if c.live > 0 {
+                    c.incomplete = true;
+                }
+            }
+            self.finalize(key, out);
+        }
+    }
+
+    fn grace(&self) -> i64 {
+        let g = if self.cfg.grace_seconds.is_finite() && self.cfg.grace_seconds >= 0.0 {
+            self.cfg.grace_seconds
+        } else {
+            GRACE_DEFAULT
+        };
+        (g * 1e6) as i64
+    }
+
+    fn flush_due(&mut self, out: &mut Vec<Output>) {
+        let grace = self.grace();
+        let max_age = (self.cfg.max_call_age_seconds * 1e6) as i64;
+        let now = self.now;
+        let mut due: Vec<(Micros, CallKey)> = self
+            .calls
+            .iter()
+            .filter_map(|(k, c)| match c.all_ended_at {
+                Some(end) if now.0 - end.0 >= grace => Some((end, *k)),
+                None if now.0 - c.last_event.0 > max_age => Some((c.last_event, *k)),
+                _ => None,
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort();
+        for (_, key) in due {
+            if let Some(c) = self.calls.get_mut(&key) {
+                if c.all_ended_at.is_none() {
+                    c.incomplete = true;
+                }
+            }
+            self.finalize(key, out);
+        }
+    }
+
+    // ---- event application -------------------------------------------------------------
+
+    fn apply(&mut self, event: &str, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        match event {
+            "Newchannel" => {
+                self.channel(m, "", ts);
+            }
+            "Hangup" => self.on_hangup(m, ts, out),
+            "DialBegin" => self.on_dial_begin(m, ts, out),
+            "DialEnd" => self.on_dial_end(m, ts, out),
+            "VarSet" => self.on_varset(m, ts),
+            "QueueCallerJoin" => {
+                if let Some(k) = self.channel(m, "", ts) {
+                    let q = text(m, "Queue");
+                    self.call_mut(k).queue = q;
+                }
+            }
+            "QueueCallerAbandon" => {
+                self.channel(m, "", ts);
+            }
+            "AgentCalled" => {
+                if let Some(k) = self.channel(m, "", ts) {
+                    self.link_dest(k, m, ts);
+                    self.moment(k, Moment::Ring, out);
+                }
+            }
+            "AgentRingNoAnswer" => {
+                if let Some(k) = self.channel(m, "", ts) {
+                    self.moment(k, Moment::Reject, out);
+                }
+            }
+            "AgentConnect" => self.on_agent_connect(m, ts, out),
+            "AgentComplete" => self.on_agent_complete(m, ts),
+            "HangupRequest" => {
+                if let Some(k) = self.channel(m, "", ts) {
+                    let origin = self.is_origin(k, m);
+                    let c = self.call_mut(k);
+                    if c.first_hangup_request_origin.is_none() {
+                        c.first_hangup_request_origin = Some(origin);
+                    }
+                }
+            }
+            "LocalBridge" => {
+                let a = text(m, "LocalOneUniqueid");
+                let b = text(m, "LocalTwoUniqueid");
+                if let (Some(a), Some(b)) = (a, b) {
+                    self.union_channels(&a, &b);
+                }
+            }
+            "BridgeEnter" => self.on_bridge_enter(m, ts),
+            "BridgeLeave" => {
+                self.channel(m, "", ts);
+                if let (Some(b), Some(u)) = (text(m, "BridgeUniqueid"), text(m, "Uniqueid")) {
+                    if let Some(members) = self.bridges.get_mut(&b) {
+                        members.retain(|x| *x != u);
+                    }
+                }
+            }
+            "BridgeDestroy" => {
+                if let Some(b) = text(m, "BridgeUniqueid") {
+                    self.bridges.remove(&b);
+                }
+            }
+            "BlindTransfer" | "AttendedTransfer" => self.on_transfer(event, m, ts),
+            "UserEvent" => self.on_user_event(m, ts),
+            "Shutdown" => self.end_everything(ts),
+            "FullyBooted" => self.on_fully_booted(m),
+            "NewCallerid" | "Newstate" | "NewConnectedLine" | "Newexten" | "DialState" | "Hold"
+            | "Unhold" | "QueueCallerLeave" | "SoftHangupRequest" | "Rename" => {
+                self.channel(m, "", ts);
+            }
+            _ => {}
+        }
+    }
+
+    /// Finds or creates the channel of an event's snapshot (prefix "" or "Dest" ...), records
+    /// what it tells about the call, and returns the call's key.
+    fn channel(&mut self, m: &Message, prefix: &str, ts: Micros) -> Option<CallKey> {
+        let uid = text(m, &format!("{prefix}Uniqueid"))?;
+        let key = match self.channels.get(&uid) {
+            Some(c) => c.call,
+            None => self.new_channel(m, prefix, &uid, ts)?,
+        };
+        self.observe_snapshot(key, m, prefix, &uid, ts);
+        Some(key)
+    }
+
+    fn new_channel(&mut self, m: &Message, prefix: &str, uid: &str, ts: Micros) -> Option<CallKey> {
+        let name = text(m, &format!("{prefix}Channel"))?;
+        let linkedid = text(m, &format!("{prefix}Linkedid")).unwrap_or_else(|| uid.to_string());
+        let context = text(m, &format!("{prefix}Context")).unwrap_or_default();
+        let local = name.starts_with("Local/");
+        let key = match self.by_linkedid.get(&linkedid) {
+            Some(k) if self.calls.contains_key(k) => *k,
+            _ => {
+                let k = self.next_key;
+                self.next_key += 1;
+                self.calls.insert(
+                    k,
+                    CallState {
+                        linkedid: linkedid.clone(),
+                        started_at: ts,
+                        last_event: ts,
+                        first_context: context.clone(),
+                        first_name: name.clone(),
+                        ..CallState::default()
+                    },
+                );
+                self.by_linkedid.insert(linkedid, k);
+                self.peak_live = self.peak_live.max(self.calls.len());
+                k
+            }
+        };
+        {
+            let c = self.call_mut(key);
+            c.channels.push(uid.to_string());
+            c.live += 1;
+            c.all_ended_at = None;
+        }
+        self.channels.insert(
+            uid.to_string(),
+            Chan {
+                call: key,
+                name: name.clone(),
+                local,
+                hung_up: None,
+                cause: None,
+            },
+        );
+        if local {
+            if let Some(base) = local_base(&name) {
+                match self.local_names.get(base) {
+                    Some(other) if other != uid => {
+                        let other = other.clone();
+                        self.union_channels(uid, &other);
+                    }
+                    _ => {
+                        self.local_names.insert(base.to_string(), uid.to_string());
+                    }
+                }
+            }
+        }
+        self.channels.get(uid).map(|c| c.call)
+    }
+
+    /// Caller id, dialled number and route hints from a snapshot of the call's first channel.
+    fn observe_snapshot(&mut self, key: CallKey, m: &Message, prefix: &str, uid: &str, ts: Micros) {
+        let is_first = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.channels.first())
+            .is_some_and(|f| f == uid);
+        let context = text(m, &format!("{prefix}Context"));
+        let route_prefixes = &self.cfg.route_context_prefixes;
+        let route_from_context = context.as_deref().and_then(|ctx| {
+            self.cfg.routes.get(ctx).cloned().or_else(|| {
+                route_prefixes
+                    .iter()
+                    .any(|p| !p.is_empty() && ctx.starts_with(p.as_str()))
+                    .then(|| ctx.to_string())
+            })
+        });
+        let num = text(m, &format!("{prefix}CallerIDNum"));
+        let name = text(m, &format!("{prefix}CallerIDName"));
+        let exten = text(m, &format!("{prefix}Exten"));
+        let c = self.call_mut(key);
+        c.last_event = c.last_event.max(ts);
+        if !is_first && !is_origin_partner(c, uid) {
+            return;
+        }
+        if let Some(r) = route_from_context {
+            c.route.get_or_insert(r);
+        }
+        if !is_first {
+            return;
+        }
+        if c.caller.is_none() {
+            if let Some(n) = num.filter(|n| known(n)) {
+                c.caller = Some(n);
+                c.caller_name = name.filter(|n| known(n));
+            }
+        }
+        if c.callee.is_none() {
+            if let Some(e) = exten.filter(|e| !matches!(e.as_str(), "" | "s" | "h" | "i" | "t")) {
+                c.callee = Some(e);
+            }
+        }
+    }
+
+    fn on_hangup(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let Some(key) = self.channel(m, "", ts) else {
+            return;
+        };
+        let Some(uid) = text(m, "Uniqueid") else {
+            return;
+        };
+        let cause = text(m, "Cause").and_then(|c| c.parse().ok());
+        let mut newly = false;
+        if let Some(ch) = self.channels.get_mut(&uid) {
+            if ch.hung_up.is_none() {
+                ch.hung_up = Some(ts);
+                ch.cause = cause;
+                newly = true;
+            }
+            if ch.local {
+                if let Some(base) = local_base(&ch.name) {
+                    if self.local_names.get(base) == Some(&uid) {
+                        self.local_names.remove(base);
+                    }
+                }
+            }
+        }
+        if !newly {
+            return;
+        }
+        let is_first = self.calls.get(&key).and_then(|c| c.channels.first()) == Some(&uid);
+        let c = self.call_mut(key);
+        c.live = c.live.saturating_sub(1);
+        if c.live == 0 {
+            c.all_ended_at = Some(ts);
+        }
+        let answered = c.connected_at.is_some() || c.origin_dial_answer.is_some();
+        if is_first && answered && !c.fired_hangup {
+            c.fired_hangup = true;
+            self.moment(key, Moment::Hangup, out);
+        }
+    }
+
+    fn on_dial_begin(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let caller = self.channel(m, "", ts);
+        let dest = self.channel(m, "Dest", ts);
+        let (Some(ck), Some(_)) = (caller, dest) else {
+            return;
+        };
+        let key = self.link_dest(ck, m, ts).unwrap_or(ck);
+        let dest_context = text(m, "DestContext").unwrap_or_default();
+        let dest_name = text(m, "DestChannel").unwrap_or_default();
+        let trunkish = self.is_trunk(&dest_context, &dest_name)
+            || self.cfg.outbound_contexts.contains(&dest_context);
+        let origin = self.is_origin(key, m);
+        let c = self.call_mut(key);
+        if trunkish {
+            c.trunk_leg = true;
+        }
+        if origin {
+            c.origin_dial_begin.get_or_insert(ts);
+            self.moment(key, Moment::Ring, out);
+        }
+    }
+
+    fn on_dial_end(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let caller = self.channel(m, "", ts);
+        self.channel(m, "Dest", ts);
+        let Some(key) = caller else { return };
+        let key = self.link_dest(key, m, ts).unwrap_or(key);
+        if !self.is_origin(key, m) {
+            return;
+        }
+        let status = text(m, "DialStatus").unwrap_or_default();
+        let c = self.call_mut(key);
+        if status == "ANSWER" && c.origin_dial_answer.is_none() {
+            c.origin_dial_answer = Some(ts);
+            if c.queue.is_none() {
+                self.moment(key, Moment::Answer, out);
+            }
+        }
+    }
+
+    fn on_varset(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, "", ts) else {
+            return;
+        };
+        let (Some(var), Some(value)) = (text(m, "Variable"), text(m, "Value")) else {
+            return;
+        };
+        let var = var.trim_start_matches('_');
+        let origin = self.is_origin(key, m);
+        let cfg_route = self.cfg.route_variable.trim_start_matches('_').to_string();
+        let cfg_email = self
+            .cfg
+            .agent_email_variable
+            .trim_start_matches('_')
+            .to_string();
+        let c = self.call_mut(key);
+        if var.eq_ignore_ascii_case(&cfg_route) && !value.is_empty() {
+            c.route = Some(value);
+        } else if var == "QUEUESTATUS" && !value.is_empty() {
+            c.queue_status = Some(value);
+        } else if var == "DIALSTATUS" && origin && !value.is_empty() {
+            c.origin_dial_status = Some(value);
+        } else if !cfg_email.is_empty() && var.eq_ignore_ascii_case(&cfg_email) && !value.is_empty()
+        {
+            c.agent_email = Some(value);
+        }
+    }
+
+    fn on_agent_connect(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let Some(key) = self.channel(m, "", ts) else {
+            return;
+        };
+        let key = self.link_dest(key, m, ts).unwrap_or(key);
+        let member = text(m, "MemberName");
+        let interface = text(m, "Interface");
+        if let (Some(q), Some(i)) = (text(m, "Queue"), interface.clone()) {
+            self.queue_members.insert((q, i), key);
+        }
+        let c = self.call_mut(key);
+        if c.connected_at.is_some() {
+            return;
+        }
+        c.connected_at = Some(ts);
+        c.agent = member;
+        c.agent_interface = interface;
+        c.hold_seconds = number(m, "HoldTime");
+        c.ring_seconds = number(m, "RingTime");
+        if let Some(q) = text(m, "Queue") {
+            c.queue = Some(q);
+        }
+        self.moment(key, Moment::Answer, out);
+    }
+
+    fn on_agent_complete(&mut self, m: &Message, ts: Micros) {
+        let key = match self.channel(m, "", ts) {
+            Some(k) => Some(k),
+            None => match (text(m, "Queue"), text(m, "Interface")) {
+                (Some(q), Some(i)) => self.queue_members.get(&(q, i)).copied(),
+                _ => None,
+            },
+        };
+        let Some(key) = key else { return };
+        if !self.calls.contains_key(&key) {
+            return;
+        }
+        let c = self.call_mut(key);
+        if c.agent_talk.is_none() {
+            c.agent_talk = number(m, "TalkTime");
+            c.agent_reason = text(m, "Reason");
+        }
+    }
+
+    fn on_bridge_enter(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, "", ts) else {
+            return;
+        };
+        let (Some(bridge), Some(uid)) = (text(m, "BridgeUniqueid"), text(m, "Uniqueid")) else {
+            return;
+        };
+        if let Some(swap) = text(m, "SwapUniqueid") {
+            self.union_channels(&uid, &swap);
+        }
+        let members = self.bridges.entry(bridge).or_default();
+        let others: Vec<String> = members.clone();
+        members.push(uid.clone());
+        for other in others {
+            self.union_channels(&uid, &other);
+        }
+        let _ = key;
+    }
+
+    fn on_transfer(&mut self, event: &str, m: &Message, ts: Micros) {
+        let mut keys = Vec::new();
+        for prefix in [
+            "Transferer",
+            "Transferee",
+            "OrigTransferer",
+            "SecondTransferer",
+            "TransferTarget",
+        ] {
+            if let Some(k) = self.channel(m, prefix, ts) {
+                keys.push(k);
+            }
+        }
+        let Some(&first) = keys.first() else { return };
+        for prefix in [
+            "Transferee",
+            "OrigTransferer",
+            "SecondTransferer",
+            "TransferTarget",
+        ] {
+            if let Some(uid) = text(m, &format!("{prefix}Uniqueid")) {
+                if let Some(a) = self
+                    .calls
+                    .get(&first)
+                    .and_then(|c| c.channels.first().cloned())
+                {
+                    self.union_channels(&a, &uid);
+                }
+            }
+        }
+        let key = self
+            .channels
+            .values()
+            .find(|_| false)
+            .map(|c| c.call)
+            .unwrap_or(first);
+        let key = self.resolve(key);
+        let target = text(m, "Extension").or_else(|| text(m, "TransferTargetExten"));
+        let kind = if event == "BlindTransfer" {
+            "blind"
+        } else {
+            "attended"
+        };
+        self.call_mut(key).transfers.push(Transfer {
+            kind,
+            target,
+            at: ts,
+        });
+    }
+
+    fn on_user_event(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, "", ts) else {
+            return;
+        };
+        let name = text(m, "UserEvent").unwrap_or_default();
+        if name.eq_ignore_ascii_case("OutboundRoute") {
+            if let Some(r) = text(m, "Route") {
+                self.call_mut(key).route = Some(r);
+            }
+        }
+    }
+
+    fn on_fully_booted(&mut self, m: &Message) {
+        // A PBX that booted after a call started cannot still carry it.
+        let Some(uptime) = number(m, "Uptime") else {
+            return;
+        };
+        let boot = Micros(self.now.0 - i64::from(uptime) * 1_000_000);
+        let stale: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.live > 0 && c.started_at < boot)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.end_call(k, self.now);
+        }
+    }
+
+    /// The PBX is shutting down: it hangs every channel up first, so calls that ended in the
+    /// last grace period ended because of the shutdown, not normally.
+    fn end_everything(&mut self, ts: Micros) {
+        let grace = self.grace();
+        let keys: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.live > 0 || c.all_ended_at.is_some_and(|e| ts.0 - e.0 <= grace))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            let live = self.calls.get(&k).is_some_and(|c| c.live > 0);
+            if live {
+                self.end_call(k, ts);
+            } else {
+                self.call_mut(k).incomplete = true;
+            }
+        }
+    }
+
+    /// Ends a call whose channels will never report (PBX gone): incomplete, ended now.
+    fn end_call(&mut self, key: CallKey, ts: Micros) {
+        let c = self.call_mut(key);
+        c.incomplete = true;
+        c.live = 0;
+        c.all_ended_at = Some(ts);
+        let uids = c.channels.clone();
+        for u in uids {
+            if let Some(ch) = self.channels.get_mut(&u) {
+                ch.hung_up.get_or_insert(ts);
+            }
+        }
+    }
+
+    // ---- grouping ----------------------------------------------------------------------
+
+    /// Links the `Dest*` channel of an event to the call of its caller channel.
+    fn link_dest(&mut self, key: CallKey, m: &Message, ts: Micros) -> Option<CallKey> {
+        let dest = text(m, "DestUniqueid")?;
+        if !self.channels.contains_key(&dest) {
+            self.channel(m, "Dest", ts)?;
+        }
+        let first = self.calls.get(&key)?.channels.first()?.clone();
+        self.union_channels(&first, &dest);
+        Some(self.resolve(key))
+    }
+
+    fn resolve(&self, key: CallKey) -> CallKey {
+        if self.calls.contains_key(&key) {
+            return key;
+        }
+        key
+    }
+
+    /// Puts two channels' calls together: the younger call's channels move to the older one.
+    fn union_channels(&mut self, a: &str, b: &str) {
+        let (Some(ka), Some(kb)) = (
+            self.channels.get(a).map(|c| c.call),
+            self.channels.get(b).map(|c| c.call),
+        ) else {
+            return;
+        };
+        if ka == kb {
+            return;
+        }
+        let (Some(ca), Some(cb)) = (self.calls.get(&ka), self.calls.get(&kb)) else {
+            return;
+        };
+        let (keep, gone) = if (ca.started_at, ka) <= (cb.started_at, kb) {
+            (ka, kb)
+        } else {
+            (kb, ka)
+        };
+        let Some(old) = self.calls.remove(&gone) else {
+            return;
+        };
+        for u in &old.channels {
+            if let Some(ch) = self.channels.get_mut(u) {
+                ch.call = keep;
+            }
+        }
+        self.by_linkedid.insert(old.linkedid.clone(), keep);
+        for v in self.queue_members.values_mut() {
+            if *v == gone {
+                *v = keep;
+            }
+        }
+        let Some(c) = self.calls.get_mut(&keep) else {
+            return;
+        };
+        c.channels.extend(old.channels);
+        c.live += old.live;
+        c.all_ended_at = if c.live == 0 {
+            c.all_ended_at.max(old.all_ended_at)
+        } else {
+            None
+        };
+        c.last_event = c.last_event.max(old.last_event);
+        merge_opt(&mut c.queue, old.queue);
+        merge_opt(&mut c.queue_status, old.queue_status);
+        merge_opt(&mut c.route, old.route);
+        merge_opt(&mut c.agent_email, old.agent_email);
+        if c.connected_at.is_none() && old.connected_at.is_some() {
+            c.connected_at = old.connected_at;
+            c.agent = old.agent;
+            c.agent_interface = old.agent_interface;
+            c.hold_seconds = old.hold_seconds;
+            c.ring_seconds = old.ring_seconds;
+        }
+        merge_opt(&mut c.agent_talk, old.agent_talk);
+        merge_opt(&mut c.agent_reason, old.agent_reason);
+        c.trunk_leg |= old.trunk_leg;
+        c.incomplete |= old.incomplete;
+        c.transfers.extend(old.transfers);
+        c.tags.extend(old.tags);
+    }
+
+    // ---- helpers -----------------------------------------------------------------------
+
+    fn call_mut(&mut self, key: CallKey) -> &mut CallState {
+        self.calls.entry(key).or_default()
+    }
+
+    fn is_trunk(&self, context: &str, name: &str) -> bool {
+        self.cfg.trunk_contexts.iter().any(|c| c == context)
+            || self
+                .cfg
+                .trunk_channels
+                .iter()
+                .any(|p| !p.is_empty() && name.starts_with(p.as_str()))
+    }
+
+    /// Whether the event's channel is the call's first channel or that channel's Local partner
+    /// (the half that runs the dialplan and dials, in Local-channel set-ups).
+    fn is_origin(&self, key: CallKey, m: &Message) -> bool {
+        let Some(uid) = text(m, "Uniqueid") else {
+            return false;
+        };
+        self.calls
+            .get(&key)
+            .is_some_and(|c| c.channels.first() == Some(&uid) || is_origin_partner(c, &uid))
+            && self.channels.contains_key(&uid)
+    }
+
+    fn moment(&mut self, key: CallKey, moment: Moment, out: &mut Vec<Output>) {
+        if !self.cfg.emit_moments {
+            return;
+        }
+        if let Some(call) = self.build(key) {
+            out.push(Output::Moment(moment, Box::new(call)));
+        }
+    }
+
+    fn finalize(&mut self, key: CallKey, out: &mut Vec<Output>) {
+        let built = self.build(key);
+        if let Some(c) = self.calls.remove(&key) {
+            for u in &c.channels {
+                if let Some(ch) = self.channels.remove(u) {
+                    if ch.local {
+                        if let Some(base) = local_base(&ch.name) {
+                            if self.local_names.get(base) == Some(u) {
+                                self.local_names.remove(base);
+                            }
+                        }
+                    }
+                }
+            }
+            if self.by_linkedid.get(&c.linkedid) == Some(&key) {
+                self.by_linkedid.remove(&c.linkedid);
+            }
+            self.queue_members.retain(|_, v| *v != key);
+        }
+        if let Some(call) = built {
+            out.push(Output::Finished(Box::new(call)));
+        }
+    }
+
+    /// The call as known now.
+    fn build(&self, key: CallKey) -> Option<Call> {
+        let c = self.calls.get(&key)?;
+        let first = c.channels.first()?;
+        let first_chan = self.channels.get(first)?;
+        let inbound = self.is_trunk(&c.first_context, &c.first_name);
+        let direction = if inbound {
+            Direction::Inbound
+        } else if c.route.is_some() || c.trunk_leg {
+            Direction::Outbound
+        } else {
+            Direction::Internal
+        };
+        let status = self.status(c, direction);
+        let answered_at = if direction == Direction::Inbound || c.queue.is_some() {
+            c.connected_at.or(c.origin_dial_answer)
+        } else {
+            c.origin_dial_answer.or(c.connected_at)
+        };
+        let answered_at = if status == Status::Answered {
+            answered_at
+        } else {
+            None
+        };
+        let ended_at = first_chan
+            .hung_up
+            .or(c.all_ended_at)
+            .unwrap_or(c.last_event);
+        let talk_seconds = match (answered_at, c.agent_talk) {
+            (Some(_), Some(t)) if c.transfers.is_empty() => t,
+            (Some(a), _) => ended_at.seconds_since(a).round().max(0.0) as u32,
+            _ => 0,
+        };
+        let ring_seconds = match direction {
+            Direction::Inbound => c.ring_seconds,
+            _ => match (answered_at, c.origin_dial_begin) {
+                (Some(a), Some(b)) => Some(a.seconds_since(b).round().max(0.0) as u32),
+                _ => None,
+            },
+        };
+        let (agent, agent_extension) = match direction {
+            Direction::Inbound => (
+                c.agent.clone(),
+                c.agent_interface.as_deref().and_then(interface_extension),
+            ),
+            _ => (c.caller_name.clone().or(c.caller.clone()), c.caller.clone()),
+        };
+        let agent_email = c
+            .agent_email
+            .clone()
+            .or_else(|| self.agent_email(&agent, &agent_extension, c));
+        let hangup_by = self.hangup_by(c, direction, status);
+        let channels = c
+            .channels
+            .iter()
+            .filter_map(|u| {
+                self.channels.get(u).map(|ch| Leg {
+                    uniqueid: u.clone(),
+                    channel: ch.name.clone(),
+                    hangup_cause: ch.cause,
+                })
+            })
+            .collect();
+        let linkedid = LinkedId(c.linkedid.clone());
+        Some(Call {
+            linkedid,
+            direction,
+            caller: c.caller.clone(),
+            caller_name: c.caller_name.clone(),
+            callee: c.callee.clone(),
+            queue: c.queue.clone(),
+            agent,
+            agent_extension,
+            agent_email,
+            outbound_route: if direction == Direction::Outbound {
+                c.route.clone()
+            } else {
+                None
+            },
+            status,
+            started_at: c.started_at,
+            answered_at,
+            ended_at,
+            ring_seconds,
+            talk_seconds,
+            hold_seconds: c.hold_seconds,
+            hangup_by,
+            transfers: c.transfers.clone(),
+            tags: c.tags.clone(),
+            incomplete: c.incomplete,
+            channels,
+        })
+    }
+
+    fn status(&self, c: &CallState, direction: Direction) -> Status {
+        if direction == Direction::Inbound || c.queue.is_some() {
+            if c.connected_at.is_some() {
+                return Status::Answered;
+            }
+            if c.queue.is_some() {
+                return match c.queue_status.as_deref() {
+                    Some(
+                        "TIMEOUT" | "FULL" | "JOINEMPTY" | "LEAVEEMPTY" | "JOINUNAVAIL"
+                        | "LEAVEUNAVAIL",
+                    ) => Status::Timeout,
+                    _ => Status::Abandoned,
+                };
+            }
+        }
+        if let Some(s) = c
+            .origin_dial_status
+            .as_deref()
+            .and_then(Status::from_dial_status)
+        {
+            return s;
+        }
+        if c.origin_dial_answer.is_some() {
+            return Status::Answered;
+        }
+        match direction {
+            Direction::Inbound => Status::Abandoned,
+            _ if c.origin_dial_begin.is_some() => Status::Cancelled,
+            _ => Status::Failed,
+        }
+    }
+
+    fn hangup_by(&self, c: &CallState, direction: Direction, status: Status) -> Option<HangupBy> {
+        if status != Status::Answered {
+            return None;
+        }
+        if direction == Direction::Inbound {
+            return match c.agent_reason.as_deref() {
+                Some("agent") => Some(HangupBy::Agent),
+                Some("caller") => Some(HangupBy::Caller),
+                Some("transfer") => Some(HangupBy::Transfer),
+                _ => None,
+            };
+        }
+        c.first_hangup_request_origin.map(|origin| {
+            if origin {
+                HangupBy::Agent
+            } else {
+                HangupBy::Callee
+            }
+        })
+    }
+
+    fn agent_email(
+        &self,
+        agent: &Option<String>,
+        ext: &Option<String>,
+        c: &CallState,
+    ) -> Option<String> {
+        let agents = &self.cfg.agents;
+        [
+            agent.as_deref(),
+            ext.as_deref(),
+            c.agent_interface.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|k| agents.get(k).cloned())
+    }
+}
+
+fn is_origin_partner(c: &CallState, uid: &str) -> bool {
+    // In Local-channel set-ups the first channel (;1) is a device and its ;2 partner (the
+    // next channel, same name base) runs the dialplan.
+    match (c.channels.first(), c.channels.get(1)) {
+        (Some(_), Some(second)) if second == uid => {
+            let base = local_base(&c.first_name);
+            base.is_some()
+        }
+        _ => false,
+    }
+}
+
+fn merge_opt<T>(into: &mut Option<T>, from: Option<T>) {
+    if into.is_none() {
+        *into = from;
+    }
+}
+
+/// `Local/x@y-0000001a;1` → `Local/x@y-0000001a`.
+fn local_base(name: &str) -> Option<&str> {
+    name.strip_suffix(";1").or_else(|| name.strip_suffix(";2"))
+}
+
+/// `SIP/1002`, `PJSIP/1002`, `Local/1002@agents/n` → `1002`.
+fn interface_extension(interface: &str) -> Option<String> {
+    let rest = interface.split_once('/')?.1;
+    let ext = rest.split(['@', '/', '-']).next()?;
+    (!ext.is_empty()).then(|| ext.to_string())
+}
+
+fn known(v: &str) -> bool {
+    !v.is_empty() && v != "<unknown>" && v != "unknown"
+}
+
+fn text(m: &Message, name: &str) -> Option<String> {
+    m.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn number(m: &Message, name: &str) -> Option<u32> {
+    m.get(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,190 @@
+//! Configuration: built-in defaults < TOML file < environment (`AZB_…`, `__` between levels).
+//!
+//! Section and key names follow `ARCHITECTURE.md` and are a contract: tools and tests write
+//! such files. Errors name the key and the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Sections not described here are accepted and ignored, so one
+/// file can serve every version of the bridge.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub calls: CallsConfig,
+    /// Agent (member name, extension or interface) → e-mail.
+    pub agents: BTreeMap<String, String>,
+}
+
+/// What differs between PBXs: which contexts and channels are trunks, agents, routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// Contexts where inbound calls enter (a call whose first channel starts here is inbound).
+    pub trunk_contexts: Vec<String>,
+    /// Channel-name prefixes of trunk peers (`SIP/carrier`, `PJSIP/trunk`).
+    pub trunk_channels: Vec<String>,
+    /// Contexts of agents' and extensions' channels.
+    pub agent_contexts: Vec<String>,
+    /// Contexts of outbound far-end legs, when they differ from the trunk contexts.
+    pub outbound_contexts: Vec<String>,
+    /// Channel variable naming the outbound route (leading `_` are ignored).
+    pub route_variable: String,
+    /// A context starting with one of these names an outbound route.
+    pub route_context_prefixes: Vec<String>,
+    /// Context → route name, for dialplans without a route variable.
+    pub routes: BTreeMap<String, String>,
+    /// Channel variable carrying the agent's e-mail.
+    pub agent_email_variable: String,
+    /// Seconds to wait after the last hangup for late events (AgentComplete, Cdr).
+    pub grace_seconds: f64,
+    /// A call with no event for this long is closed as incomplete (bounded memory).
+    pub max_call_age_seconds: f64,
+    /// Time zone for Zoho times.
+    pub timezone: String,
+    /// Country for phone normalisation (ISO 3166 alpha-2).
+    pub default_country: String,
+    /// Emit live moments (ring, answer, hangup, reject) as well as finished calls.
+    pub emit_moments: bool,
+    /// Filled from `[agents]` at load time.
+    #[serde(skip)]
+    pub agents: BTreeMap<String, String>,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            // FreePBX: from-trunk / from-pstn; XCALLY Motion: from-sip-trunk style names vary.
+            trunk_contexts: vec!["from-trunk".into(), "from-pstn".into()],
+            trunk_channels: Vec::new(),
+            agent_contexts: vec![
+                "from-internal".into(),
+                "agents".into(),
+                "from-agents".into(),
+            ],
+            outbound_contexts: Vec::new(),
+            route_variable: "OUTBOUND_ROUTE".into(),
+            // FreePBX names its route contexts outrt-N; Motion-style labs use route-<name>.
+            route_context_prefixes: vec!["route-".into(), "outrt-".into()],
+            routes: BTreeMap::new(),
+            agent_email_variable: "AGENT_EMAIL".into(),
+            grace_seconds: 2.0,
+            max_call_age_seconds: 12.0 * 3600.0,
+            timezone: "UTC".into(),
+            default_country: "IT".into(),
+            emit_moments: false,
+            agents: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("configuration {file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `AZB_…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("AZB_").split("__"));
+        let file_name = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(defaults)".into());
+        let mut cfg: Config = figment.extract().map_err(|e| ConfigError::Invalid {
+            file: file_name.clone(),
+            message: describe(&e),
+        })?;
+        cfg.calls.agents = cfg.agents.clone();
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            file: file_name,
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let c = &self.calls;
+        if !(c.grace_seconds.is_finite() && (0.0..=600.0).contains(&c.grace_seconds)) {
+            return Err("key calls.grace_seconds: must be between 0 and 600".into());
+        }
+        if !(c.max_call_age_seconds.is_finite() && c.max_call_age_seconds > 0.0) {
+            return Err("key calls.max_call_age_seconds: must be positive".into());
+        }
+        if c.timezone != "UTC" && jiff::tz::TimeZone::get(&c.timezone).is_err() {
+            return Err(format!(
+                "key calls.timezone: unknown time zone '{}'",
+                c.timezone
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// figment's errors, one line each, with the key path first.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|err| {
+            let key = if err.path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                err.path.join(".")
+            };
+            format!("key {key}: {}", err.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, "[calls]\ngrace_seconds = \"soon\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("calls.grace_seconds"), "{err}");
+        assert!(err.contains("bridge.toml"), "{err}");
+        std::fs::write(&path, "[calls]\ntrunk_contxts = []\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("trunk_contxts"), "{err}");
+        std::fs::write(&path, "[calls]\ntimezone = \"Mars/Olympus\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("calls.timezone"), "{err}");
+        assert!(Config::load(Some(&dir.path().join("nope.toml"))).is_err());
+    }
+
+    #[test]
+    fn agents_map_reaches_the_call_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "[agents]\n\"1001\" = \"mario@example.com\"\n[pbx]\nignored = 1\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            cfg.calls.agents.get("1001").map(String::as_str),
+            Some("mario@example.com")
+        );
+    }
+}

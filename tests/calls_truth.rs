@@ -1,0 +1,211 @@
+//! Every recorded capture through the call tracker, compared with what really happened
+//! (`.truth.json`, recorded independently of the AMI stream): all calls, not most.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use ami_zoho_bridge::ami::replay::Replay;
+use ami_zoho_bridge::ami::SourceEvent;
+use ami_zoho_bridge::calls::{Call, Micros, Output, Tracker};
+use ami_zoho_bridge::config::Config;
+use serde_json::Value;
+
+fn run(capture: &Path, config: &Path) -> Vec<Call> {
+    let cfg = Config::load(Some(config)).expect("lab config");
+    let mut tracker = Tracker::new(cfg.calls);
+    let mut out = Vec::new();
+    for ev in Replay::open(capture).expect("capture") {
+        match ev.expect("replay") {
+            SourceEvent::Message(m) => tracker.on_message(&m, Micros(0), &mut out),
+            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
+            _ => {}
+        }
+    }
+    tracker.finish(&mut out);
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::Finished(c) => Some(*c),
+            Output::Moment(..) => None,
+        })
+        .collect()
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn time(v: &Value, key: &str) -> Option<f64> {
+    let s = v.get(key)?.as_str()?;
+    let ts: jiff::Timestamp = s.parse().ok()?;
+    Some(ts.as_microsecond() as f64 / 1e6)
+}
+
+fn secs(m: Option<Micros>) -> Option<f64> {
+    m.map(|m| m.0 as f64 / 1e6)
+}
+
+fn close(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1.0,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Compares one truth call with the emitted call of the same linkedid; returns the differences.
+fn compare(truth: &Value, call: &Call, cut_off: bool) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut check = |what: &str, want: Option<String>, got: Option<String>| {
+        // Calls cut off by the PBX are described by a few keys only: check those present.
+        if cut_off && want.is_none() {
+            return;
+        }
+        if want != got {
+            diffs.push(format!("{what}: truth {want:?}, got {got:?}"));
+        }
+    };
+    check(
+        "direction",
+        str_field(truth, "direction"),
+        Some(call.direction.as_str().into()),
+    );
+    check(
+        "caller",
+        str_field(truth, "caller_number"),
+        call.caller.clone(),
+    );
+    check(
+        "callee",
+        str_field(truth, "called_number"),
+        call.callee.clone(),
+    );
+    check("queue", str_field(truth, "queue"), call.queue.clone());
+    check("agent", str_field(truth, "agent"), call.agent.clone());
+    check(
+        "outbound_route",
+        str_field(truth, "outbound_route"),
+        call.outbound_route.clone(),
+    );
+    if cut_off {
+        check(
+            "status",
+            Some("answered".into()),
+            Some(call.status.as_str().into()),
+        );
+        if !call.incomplete {
+            diffs.push("a call cut off by the PBX must be marked incomplete".into());
+        }
+        return diffs;
+    }
+    check(
+        "status",
+        str_field(truth, "final_status"),
+        Some(call.status.as_str().into()),
+    );
+    for (what, want, got) in [
+        (
+            "started_at",
+            time(truth, "start_time"),
+            secs(Some(call.started_at)),
+        ),
+        (
+            "answered_at",
+            time(truth, "answer_time"),
+            secs(call.answered_at),
+        ),
+        (
+            "ended_at",
+            time(truth, "end_time"),
+            secs(Some(call.ended_at)),
+        ),
+    ] {
+        if !close(want, got) {
+            diffs.push(format!("{what}: truth {want:?}, got {got:?}"));
+        }
+    }
+    if call.incomplete {
+        diffs.push("a normally ended call is marked incomplete".into());
+    }
+    diffs
+}
+
+fn check_lab(lab: &str) {
+    let dir = support::root().join("fixtures").join(lab);
+    let config = dir.join("bridge.toml");
+    let mut truths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("lab dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".truth.json"))
+        .collect();
+    truths.sort();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for truth_path in truths {
+        let truth: Value =
+            serde_json::from_str(&std::fs::read_to_string(&truth_path).expect("read"))
+                .expect("json");
+        let base = truth_path
+            .to_string_lossy()
+            .trim_end_matches(".truth.json")
+            .to_string();
+        let capture = [format!("{base}.ami"), format!("{base}.ami.gz")]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("capture beside its truth");
+        let (list, cut_off) = match (truth.get("calls"), truth.get("calls_in_progress")) {
+            (Some(Value::Array(c)), _) => (c.clone(), false),
+            (_, Some(Value::Array(c))) => (c.clone(), true),
+            _ => (Vec::new(), false),
+        };
+        let calls = run(&capture, &config);
+        let name = capture
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for t in &list {
+            checked += 1;
+            let linkedid = str_field(t, "linkedid").unwrap_or_default();
+            let matching: Vec<&Call> = calls.iter().filter(|c| c.linkedid.0 == linkedid).collect();
+            match matching.as_slice() {
+                [one] => {
+                    for d in compare(t, one, cut_off) {
+                        failures.push(format!("{name} {linkedid}: {d}"));
+                    }
+                }
+                [] => failures.push(format!("{name} {linkedid}: no call emitted")),
+                many => failures.push(format!("{name} {linkedid}: emitted {} times", many.len())),
+            }
+        }
+        // Nothing invented: every emitted call is one that happened.
+        for c in &calls {
+            if !list
+                .iter()
+                .any(|t| str_field(t, "linkedid").as_deref() == Some(c.linkedid.0.as_str()))
+            {
+                failures.push(format!(
+                    "{name} {}: emitted a call the truth does not have",
+                    c.linkedid
+                ));
+            }
+        }
+    }
+    assert!(checked > 100, "{lab}: only {checked} calls checked");
+    assert!(
+        failures.is_empty(),
+        "{lab}: {} differences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn ami_real_calls_match_the_truth() {
+    check_lab("ami-real");
+}
+
+#[test]
+fn ami_sip_calls_match_the_truth() {
+    check_lab("ami-sip");
+}

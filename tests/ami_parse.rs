@@ -240,3 +240,23 @@ fn replay_yields_banner_then_every_message() {
         .count();
     assert_eq!(n, 16894);
 }
+
+/// Inputs the fuzzer found where chunked and whole decoding once disagreed: every chunk size
+/// must give the same messages as the whole.
+#[test]
+fn fuzz_regressions_decode_the_same_in_any_chunking() {
+    let dir = support::root().join("fixtures/fuzz-regressions");
+    for entry in std::fs::read_dir(dir).expect("regressions") {
+        let path = entry.expect("entry").path();
+        let data = std::fs::read(&path).expect("read");
+        let whole = decode_chunked(&data, &mut std::iter::empty());
+        for size in 1..=80 {
+            let split = decode_chunked(&data, &mut std::iter::repeat(size));
+            assert!(
+                same_messages(&split, &whole),
+                "{} chunk {size}",
+                path.display()
+            );
+        }
+    }
+}

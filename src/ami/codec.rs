@@ -35,6 +35,11 @@ pub struct AmiCodec {
     max_message: usize,
     state: State,
     skipped: u64,
+    /// Bytes of the buffer already known to hold no message terminator. Small reads of a big
+    /// message then cost a scan of the new bytes only, not a re-parse from its start
+    /// (which would be quadratic in the message size).
+    scanned: usize,
+    end_command_seen: bool,
 }
 
 impl Default for AmiCodec {
@@ -50,6 +55,8 @@ impl AmiCodec {
             max_message,
             state: State::Start,
             skipped: 0,
+            scanned: 0,
+            end_command_seen: false,
         }
     }
 
@@ -80,6 +87,24 @@ impl AmiCodec {
                 Err(_) => None,
             },
         }
+    }
+
+    /// Whether parsing can succeed (or must report an oversize message) with the bytes that
+    /// arrived since the last incomplete attempt.
+    fn may_be_complete(&mut self, src: &[u8]) -> bool {
+        if self.scanned == 0 || src.len() > self.max_message || self.end_command_seen {
+            return true;
+        }
+        // A terminator may straddle the old end: look from a few bytes before it. Legacy
+        // command output may also end at `--END COMMAND--` and whatever line follows it, with
+        // no empty line: once that marker is in the buffer, always parse.
+        let from = self
+            .scanned
+            .saturating_sub(parse::END_COMMAND.len())
+            .min(src.len());
+        let new = &src[from..];
+        self.end_command_seen = memchr::memmem::find(new, parse::END_COMMAND).is_some();
+        self.end_command_seen || parse::skip_to_blank_line(new).1
     }
 
     fn skip(&mut self, src: &mut BytesMut) -> bool {
@@ -113,10 +138,16 @@ impl Decoder for AmiCodec {
                     }
                 }
                 State::Messages => {
+                    if !self.may_be_complete(src) {
+                        return Ok(None);
+                    }
                     let mut spans = MessageSpans::new(src);
                     let consumed = match parse::message_into(src, self.max_message, &mut spans) {
                         Ok(rest) => src.len() - rest.len(),
-                        Err(nom::Err::Incomplete(_)) => return Ok(None),
+                        Err(nom::Err::Incomplete(_)) => {
+                            self.scanned = src.len();
+                            return Ok(None);
+                        }
                         Err(_) => {
                             self.skipped += 1;
                             tracing::warn!(
@@ -124,9 +155,13 @@ impl Decoder for AmiCodec {
                                 "AMI message over the size cap: skipped up to the next empty line"
                             );
                             self.state = State::Skipping;
+                            self.scanned = 0;
+                            self.end_command_seen = false;
                             continue;
                         }
                     };
+                    self.scanned = 0;
+                    self.end_command_seen = false;
                     let bytes = src.split_to(consumed).freeze();
                     return Ok(Some(Frame::Message(spans.into_message(bytes))));
                 }

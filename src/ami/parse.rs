@@ -29,7 +29,8 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// The banner prefix; anything after it (version, `Proxy/`) is informational.
 pub const BANNER_PREFIX: &[u8] = b"Asterisk Call Manager";
 
-const END_COMMAND: &[u8] = b"--END COMMAND--";
+/// What ends legacy (Asterisk ≤ 13) command output.
+pub const END_COMMAND: &[u8] = b"--END COMMAND--";
 
 /// One `Name: Value` header, borrowed from the input.
 pub type Header<'a> = (&'a [u8], &'a [u8]);

@@ -103,6 +103,75 @@ pub struct Tracker {
 
 const GRACE_DEFAULT: f64 = 2.0;
 
+/// The events the correlator reads; everything else (CEL, RTCPSent, DeviceStateChange, Cdr,
+/// AGIExec…, about half of a busy PBX's traffic) is dropped before any field is looked at.
+const RELEVANT: [&str; 29] = [
+    "Newchannel",
+    "Hangup",
+    "DialBegin",
+    "DialEnd",
+    "VarSet",
+    "QueueCallerJoin",
+    "QueueCallerAbandon",
+    "AgentCalled",
+    "AgentRingNoAnswer",
+    "AgentConnect",
+    "AgentComplete",
+    "HangupRequest",
+    "LocalBridge",
+    "BridgeEnter",
+    "BridgeLeave",
+    "BridgeDestroy",
+    "BlindTransfer",
+    "AttendedTransfer",
+    "UserEvent",
+    "Shutdown",
+    "FullyBooted",
+    "NewCallerid",
+    "Newstate",
+    "NewConnectedLine",
+    "Newexten",
+    "DialState",
+    "QueueCallerLeave",
+    "SoftHangupRequest",
+    "Rename",
+];
+
+/// Header names of a channel snapshot with a given prefix, spelled out once.
+struct Snap {
+    uniqueid: &'static str,
+    channel: &'static str,
+    linkedid: &'static str,
+    context: &'static str,
+    exten: &'static str,
+    num: &'static str,
+    name: &'static str,
+}
+
+macro_rules! snap {
+    ($p:literal) => {
+        Snap {
+            uniqueid: concat!($p, "Uniqueid"),
+            channel: concat!($p, "Channel"),
+            linkedid: concat!($p, "Linkedid"),
+            context: concat!($p, "Context"),
+            exten: concat!($p, "Exten"),
+            num: concat!($p, "CallerIDNum"),
+            name: concat!($p, "CallerIDName"),
+        }
+    };
+}
+
+const PLAIN: Snap = snap!("");
+const DEST: Snap = snap!("Dest");
+const TRANSFER_SNAPS: [Snap; 5] = [
+    snap!("Transferer"),
+    snap!("Transferee"),
+    snap!("OrigTransferer"),
+    snap!("SecondTransferer"),
+    snap!("TransferTarget"),
+];
+
 impl Tracker {
     pub fn new(cfg: CallsConfig) -> Tracker {
         Tracker {
@@ -132,6 +201,9 @@ impl Tracker {
     /// Processes one message. `arrival` is used when the event has no `Timestamp:`.
     pub fn on_message(&mut self, m: &Message, arrival: Micros, out: &mut Vec<Output>) {
         let Some(event) = m.event() else { return };
+        if !RELEVANT.iter().any(|e| e.as_bytes() == event) {
+            return;
+        }
         // Items of our own list actions carry an ActionID; they are not live changes.
         if m.action_id().is_some() {
             return;
@@ -143,8 +215,10 @@ impl Tracker {
         if ts > self.now {
             self.now = ts;
         }
-        let event = String::from_utf8_lossy(event);
-        self.apply(&event, m, ts, out);
+        let Ok(event) = std::str::from_utf8(event) else {
+            return;
+        };
+        self.apply(event, m, ts, out);
         self.flush_due(out);
     }
 
@@ -224,36 +298,36 @@ impl Tracker {
     fn apply(&mut self, event: &str, m: &Message, ts: Micros, out: &mut Vec<Output>) {
         match event {
             "Newchannel" => {
-                self.channel(m, "", ts);
+                self.channel(m, &PLAIN, ts);
             }
             "Hangup" => self.on_hangup(m, ts, out),
             "DialBegin" => self.on_dial_begin(m, ts, out),
             "DialEnd" => self.on_dial_end(m, ts, out),
             "VarSet" => self.on_varset(m, ts),
             "QueueCallerJoin" => {
-                if let Some(k) = self.channel(m, "", ts) {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
                     let q = text(m, "Queue");
                     self.call_mut(k).queue = q;
                 }
             }
             "QueueCallerAbandon" => {
-                self.channel(m, "", ts);
+                self.channel(m, &PLAIN, ts);
             }
             "AgentCalled" => {
-                if let Some(k) = self.channel(m, "", ts) {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
                     self.link_dest(k, m, ts);
                     self.moment(k, Moment::Ring, out);
                 }
             }
             "AgentRingNoAnswer" => {
-                if let Some(k) = self.channel(m, "", ts) {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
                     self.moment(k, Moment::Reject, out);
                 }
             }
             "AgentConnect" => self.on_agent_connect(m, ts, out),
             "AgentComplete" => self.on_agent_complete(m, ts),
             "HangupRequest" => {
-                if let Some(k) = self.channel(m, "", ts) {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
                     let origin = self.is_origin(k, m);
                     let c = self.call_mut(k);
                     if c.first_hangup_request_origin.is_none() {
@@ -270,7 +344,7 @@ impl Tracker {
             }
             "BridgeEnter" => self.on_bridge_enter(m, ts),
             "BridgeLeave" => {
-                self.channel(m, "", ts);
+                self.channel(m, &PLAIN, ts);
                 if let (Some(b), Some(u)) = (text(m, "BridgeUniqueid"), text(m, "Uniqueid")) {
                     if let Some(members) = self.bridges.get_mut(&b) {
                         members.retain(|x| *x != u);
@@ -288,7 +362,7 @@ impl Tracker {
             "FullyBooted" => self.on_fully_booted(m),
             "NewCallerid" | "Newstate" | "NewConnectedLine" | "Newexten" | "DialState" | "Hold"
             | "Unhold" | "QueueCallerLeave" | "SoftHangupRequest" | "Rename" => {
-                self.channel(m, "", ts);
+                self.channel(m, &PLAIN, ts);
             }
             _ => {}
         }
@@ -296,20 +370,20 @@ impl Tracker {
 
     /// Finds or creates the channel of an event's snapshot (prefix "" or "Dest" ...), records
     /// what it tells about the call, and returns the call's key.
-    fn channel(&mut self, m: &Message, prefix: &str, ts: Micros) -> Option<CallKey> {
-        let uid = text(m, &format!("{prefix}Uniqueid"))?;
-        let key = match self.channels.get(&uid) {
+    fn channel(&mut self, m: &Message, snap: &Snap, ts: Micros) -> Option<CallKey> {
+        let uid = field(m, snap.uniqueid)?;
+        let key = match self.channels.get(uid) {
             Some(c) => c.call,
-            None => self.new_channel(m, prefix, &uid, ts)?,
+            None => self.new_channel(m, snap, uid, ts)?,
         };
-        self.observe_snapshot(key, m, prefix, &uid, ts);
+        self.observe_snapshot(key, m, snap, uid, ts);
         Some(key)
     }
 
-    fn new_channel(&mut self, m: &Message, prefix: &str, uid: &str, ts: Micros) -> Option<CallKey> {
-        let name = text(m, &format!("{prefix}Channel"))?;
-        let linkedid = text(m, &format!("{prefix}Linkedid")).unwrap_or_else(|| uid.to_string());
-        let context = text(m, &format!("{prefix}Context")).unwrap_or_default();
+    fn new_channel(&mut self, m: &Message, snap: &Snap, uid: &str, ts: Micros) -> Option<CallKey> {
+        let name = text(m, snap.channel)?;
+        let linkedid = text(m, snap.linkedid).unwrap_or_else(|| uid.to_string());
+        let context = text(m, snap.context).unwrap_or_default();
         let local = name.starts_with("Local/");
         let key = match self.by_linkedid.get(&linkedid) {
             Some(k) if self.calls.contains_key(k) => *k,
@@ -364,52 +438,48 @@ impl Tracker {
         self.channels.get(uid).map(|c| c.call)
     }
 
-    /// Caller id, dialled number and route hints from a snapshot of the call's first channel.
-    fn observe_snapshot(&mut self, key: CallKey, m: &Message, prefix: &str, uid: &str, ts: Micros) {
-        let is_first = self
-            .calls
-            .get(&key)
-            .and_then(|c| c.channels.first())
-            .is_some_and(|f| f == uid);
-        let context = text(m, &format!("{prefix}Context"));
-        let route_prefixes = &self.cfg.route_context_prefixes;
-        let route_from_context = context.as_deref().and_then(|ctx| {
-            self.cfg.routes.get(ctx).cloned().or_else(|| {
-                route_prefixes
-                    .iter()
-                    .any(|p| !p.is_empty() && ctx.starts_with(p.as_str()))
-                    .then(|| ctx.to_string())
-            })
-        });
-        let num = text(m, &format!("{prefix}CallerIDNum"));
-        let name = text(m, &format!("{prefix}CallerIDName"));
-        let exten = text(m, &format!("{prefix}Exten"));
-        let c = self.call_mut(key);
+    /// Caller id, dialled number and route hints from a snapshot of the call's first channel
+    /// (or its Local partner, for the route).
+    fn observe_snapshot(&mut self, key: CallKey, m: &Message, snap: &Snap, uid: &str, ts: Micros) {
+        let Some(c) = self.calls.get_mut(&key) else {
+            return;
+        };
         c.last_event = c.last_event.max(ts);
+        let is_first = c.channels.first().is_some_and(|f| f == uid);
         if !is_first && !is_origin_partner(c, uid) {
             return;
         }
-        if let Some(r) = route_from_context {
-            c.route.get_or_insert(r);
+        if c.route.is_none() {
+            if let Some(ctx) = field(m, snap.context) {
+                let cfg = &self.cfg;
+                c.route = cfg.routes.get(ctx).cloned().or_else(|| {
+                    cfg.route_context_prefixes
+                        .iter()
+                        .any(|p| !p.is_empty() && ctx.starts_with(p.as_str()))
+                        .then(|| ctx.to_string())
+                });
+            }
         }
         if !is_first {
             return;
         }
         if c.caller.is_none() {
-            if let Some(n) = num.filter(|n| known(n)) {
+            if let Some(n) = text(m, snap.num).filter(|n| known(n)) {
                 c.caller = Some(n);
-                c.caller_name = name.filter(|n| known(n));
+                c.caller_name = text(m, snap.name).filter(|n| known(n));
             }
         }
         if c.callee.is_none() {
-            if let Some(e) = exten.filter(|e| !matches!(e.as_str(), "" | "s" | "h" | "i" | "t")) {
-                c.callee = Some(e);
+            if let Some(e) =
+                field(m, snap.exten).filter(|e| !matches!(*e, "" | "s" | "h" | "i" | "t"))
+            {
+                c.callee = Some(e.to_string());
             }
         }
     }
 
     fn on_hangup(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
-        let Some(key) = self.channel(m, "", ts) else {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
         let Some(uid) = text(m, "Uniqueid") else {
@@ -448,8 +518,8 @@ impl Tracker {
     }
 
     fn on_dial_begin(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
-        let caller = self.channel(m, "", ts);
-        let dest = self.channel(m, "Dest", ts);
+        let caller = self.channel(m, &PLAIN, ts);
+        let dest = self.channel(m, &DEST, ts);
         let (Some(ck), Some(_)) = (caller, dest) else {
             return;
         };
@@ -470,8 +540,8 @@ impl Tracker {
     }
 
     fn on_dial_end(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
-        let caller = self.channel(m, "", ts);
-        self.channel(m, "Dest", ts);
+        let caller = self.channel(m, &PLAIN, ts);
+        self.channel(m, &DEST, ts);
         let Some(key) = caller else { return };
         let key = self.link_dest(key, m, ts).unwrap_or(key);
         if !self.is_origin(key, m) {
@@ -488,7 +558,7 @@ impl Tracker {
     }
 
     fn on_varset(&mut self, m: &Message, ts: Micros) {
-        let Some(key) = self.channel(m, "", ts) else {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
         let (Some(var), Some(value)) = (text(m, "Variable"), text(m, "Value")) else {
@@ -516,7 +586,7 @@ impl Tracker {
     }
 
     fn on_agent_connect(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
-        let Some(key) = self.channel(m, "", ts) else {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
         let key = self.link_dest(key, m, ts).unwrap_or(key);
@@ -541,7 +611,7 @@ impl Tracker {
     }
 
     fn on_agent_complete(&mut self, m: &Message, ts: Micros) {
-        let key = match self.channel(m, "", ts) {
+        let key = match self.channel(m, &PLAIN, ts) {
             Some(k) => Some(k),
             None => match (text(m, "Queue"), text(m, "Interface")) {
                 (Some(q), Some(i)) => self.queue_members.get(&(q, i)).copied(),
@@ -560,7 +630,7 @@ impl Tracker {
     }
 
     fn on_bridge_enter(&mut self, m: &Message, ts: Micros) {
-        let Some(key) = self.channel(m, "", ts) else {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
         let (Some(bridge), Some(uid)) = (text(m, "BridgeUniqueid"), text(m, "Uniqueid")) else {
@@ -580,41 +650,27 @@ impl Tracker {
 
     fn on_transfer(&mut self, event: &str, m: &Message, ts: Micros) {
         let mut keys = Vec::new();
-        for prefix in [
-            "Transferer",
-            "Transferee",
-            "OrigTransferer",
-            "SecondTransferer",
-            "TransferTarget",
-        ] {
-            if let Some(k) = self.channel(m, prefix, ts) {
+        for snap in &TRANSFER_SNAPS {
+            if let Some(k) = self.channel(m, snap, ts) {
                 keys.push(k);
             }
         }
         let Some(&first) = keys.first() else { return };
-        for prefix in [
-            "Transferee",
-            "OrigTransferer",
-            "SecondTransferer",
-            "TransferTarget",
-        ] {
-            if let Some(uid) = text(m, &format!("{prefix}Uniqueid")) {
-                if let Some(a) = self
-                    .calls
-                    .get(&first)
-                    .and_then(|c| c.channels.first().cloned())
-                {
-                    self.union_channels(&a, &uid);
-                }
+        let Some(anchor) = self
+            .calls
+            .get(&first)
+            .and_then(|c| c.channels.first().cloned())
+        else {
+            return;
+        };
+        for snap in &TRANSFER_SNAPS {
+            if let Some(uid) = text(m, snap.uniqueid) {
+                self.union_channels(&anchor, &uid);
             }
         }
-        let key = self
-            .channels
-            .values()
-            .find(|_| false)
-            .map(|c| c.call)
-            .unwrap_or(first);
-        let key = self.resolve(key);
+        let Some(key) = self.channels.get(&anchor).map(|c| c.call) else {
+            return;
+        };
         let target = text(m, "Extension").or_else(|| text(m, "TransferTargetExten"));
         let kind = if event == "BlindTransfer" {
             "blind"
@@ -629,7 +685,7 @@ impl Tracker {
     }
 
     fn on_user_event(&mut self, m: &Message, ts: Micros) {
-        let Some(key) = self.channel(m, "", ts) else {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
         let name = text(m, "UserEvent").unwrap_or_default();
@@ -697,18 +753,12 @@ impl Tracker {
     fn link_dest(&mut self, key: CallKey, m: &Message, ts: Micros) -> Option<CallKey> {
         let dest = text(m, "DestUniqueid")?;
         if !self.channels.contains_key(&dest) {
-            self.channel(m, "Dest", ts)?;
+            self.channel(m, &DEST, ts)?;
         }
         let first = self.calls.get(&key)?.channels.first()?.clone();
         self.union_channels(&first, &dest);
-        Some(self.resolve(key))
-    }
-
-    fn resolve(&self, key: CallKey) -> CallKey {
-        if self.calls.contains_key(&key) {
-            return key;
-        }
-        key
+        // The union may have moved this call into an older one.
+        self.channels.get(&first).map(|c| c.call)
     }
 
     /// Puts two channels' calls together: the younger call's channels move to the older one.
@@ -1031,6 +1081,11 @@ fn interface_extension(interface: &str) -> Option<String> {
 
 fn known(v: &str) -> bool {
     !v.is_empty() && v != "<unknown>" && v != "unknown"
+}
+
+/// A header as text, borrowed; non-UTF-8 values (which ids and states never are) give None.
+fn field<'m>(m: &'m Message, name: &str) -> Option<&'m str> {
+    m.get(name).and_then(|v| std::str::from_utf8(v).ok())
 }
 
 fn text(m: &Message, name: &str) -> Option<String> {

@@ -63,7 +63,7 @@ fn snapshot(
     ]
 }
 
-fn event(name: &str, ts: f64, parts: &[Vec<(String, String)>], extra: &[(&str, &str)]) -> Message {
+fn event(name: &str, ts: f64, parts: &[&[(String, String)]], extra: &[(&str, &str)]) -> Message {
     let mut pairs: Vec<(String, String)> = vec![
         ("Event".into(), name.into()),
         ("Privilege".into(), "call,all".into()),
@@ -106,18 +106,18 @@ fn call_events(i: usize) -> Vec<Message> {
     );
     let bridge = format!("bridge-{i:08}");
     vec![
-        event("Newchannel", t, &[caller.clone()], &[]),
+        event("Newchannel", t, &[&caller], &[]),
         event(
             "QueueCallerJoin",
             t + 0.1,
-            &[caller.clone()],
+            &[&caller],
             &[("Queue", "support"), ("Position", "1"), ("Count", "1")],
         ),
-        event("Newchannel", t + 0.2, &[agent_plain.clone()], &[]),
+        event("Newchannel", t + 0.2, &[&agent_plain], &[]),
         event(
             "AgentCalled",
             t + 0.2,
-            &[caller.clone(), agent.clone()],
+            &[&caller, &agent],
             &[
                 ("Queue", "support"),
                 ("Interface", "SIP/1001"),
@@ -127,19 +127,19 @@ fn call_events(i: usize) -> Vec<Message> {
         event(
             "DialBegin",
             t + 0.2,
-            &[caller.clone(), agent.clone()],
+            &[&caller, &agent],
             &[("DialString", "SIP/1001")],
         ),
         event(
             "DialEnd",
             t + 2.0,
-            &[caller.clone(), agent.clone()],
+            &[&caller, &agent],
             &[("DialStatus", "ANSWER")],
         ),
         event(
             "AgentConnect",
             t + 2.0,
-            &[caller.clone(), agent.clone()],
+            &[&caller, &agent],
             &[
                 ("Queue", "support"),
                 ("Interface", "SIP/1001"),
@@ -151,13 +151,13 @@ fn call_events(i: usize) -> Vec<Message> {
         event(
             "BridgeEnter",
             t + 2.0,
-            &[caller.clone()],
+            &[&caller],
             &[("BridgeUniqueid", bridge.as_str())],
         ),
         event(
             "BridgeEnter",
             t + 2.0,
-            &[agent_plain],
+            &[&agent_plain],
             &[("BridgeUniqueid", bridge.as_str())],
         ),
     ]

@@ -73,7 +73,12 @@ struct CallState {
     ring_seconds: Option<u32>,
     agent_talk: Option<u32>,
     agent_reason: Option<String>,
+    /// Last `DIALSTATUS` set on the origin (the dialplan's own verdict).
     origin_dial_status: Option<String>,
+    /// Last `DialEnd` status of a dial made by the origin.
+    origin_dial_end: Option<String>,
+    /// `DialEnd` status of the Originate that rang the first channel (click-to-call).
+    originate_status: Option<String>,
     origin_dial_answer: Option<Micros>,
     origin_dial_begin: Option<Micros>,
     route: Option<String>,
@@ -98,10 +103,15 @@ pub struct Tracker {
     bridges: HashMap<String, Vec<String>>,
     next_key: CallKey,
     now: Micros,
+    last_flush: Micros,
     peak_live: usize,
 }
 
 const GRACE_DEFAULT: f64 = 2.0;
+
+/// How often (in stream time) finished calls are looked for: a call is emitted at most this
+/// much after its grace period, and the scan costs O(live calls) only this often.
+const FLUSH_EVERY_MICROS: i64 = 250_000;
 
 /// The events the correlator reads; everything else (CEL, RTCPSent, DeviceStateChange, Cdr,
 /// AGIExec…, about half of a busy PBX's traffic) is dropped before any field is looked at.
@@ -184,6 +194,7 @@ impl Tracker {
             bridges: HashMap::new(),
             next_key: 1,
             now: Micros(0),
+            last_flush: Micros(0),
             peak_live: 0,
         }
     }
@@ -201,13 +212,7 @@ impl Tracker {
     /// Processes one message. `arrival` is used when the event has no `Timestamp:`.
     pub fn on_message(&mut self, m: &Message, arrival: Micros, out: &mut Vec<Output>) {
         let Some(event) = m.event() else { return };
-        if !RELEVANT.iter().any(|e| e.as_bytes() == event) {
-            return;
-        }
-        // Items of our own list actions carry an ActionID; they are not live changes.
-        if m.action_id().is_some() {
-            return;
-        }
+        // Every event moves stream time on, even those the correlator does not read.
         let ts = m
             .get("Timestamp")
             .and_then(Micros::parse_epoch)
@@ -215,11 +220,16 @@ impl Tracker {
         if ts > self.now {
             self.now = ts;
         }
-        let Ok(event) = std::str::from_utf8(event) else {
-            return;
-        };
-        self.apply(event, m, ts, out);
-        self.flush_due(out);
+        let relevant = RELEVANT.iter().any(|e| e.as_bytes() == event);
+        // Items of our own list actions carry an ActionID; they are not live changes.
+        if relevant && m.action_id().is_none() {
+            if let Ok(event) = std::str::from_utf8(event) {
+                self.apply(event, m, ts, out);
+            }
+        }
+        if self.now.0 - self.last_flush.0 >= FLUSH_EVERY_MICROS {
+            self.flush_due(out);
+        }
     }
 
     /// A new AMI session after a drop: events in the gap are lost. Calls that spanned it are
@@ -267,6 +277,7 @@ impl Tracker {
     }
 
     fn flush_due(&mut self, out: &mut Vec<Output>) {
+        self.last_flush = self.now;
         let grace = self.grace();
         let max_age = (self.cfg.max_call_age_seconds * 1e6) as i64;
         let now = self.now;
@@ -541,14 +552,26 @@ impl Tracker {
 
     fn on_dial_end(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
         let caller = self.channel(m, &PLAIN, ts);
-        self.channel(m, &DEST, ts);
-        let Some(key) = caller else { return };
+        let dest = self.channel(m, &DEST, ts);
+        let status = field(m, "DialStatus").unwrap_or_default().to_string();
+        let Some(key) = caller else {
+            // An Originate's dial has no caller: it rings the call's first channel.
+            if let Some(k) = dest {
+                let first = self.calls.get(&k).and_then(|c| c.channels.first().cloned());
+                if first.as_deref() == field(m, "DestUniqueid") && !status.is_empty() {
+                    self.call_mut(k).originate_status = Some(status);
+                }
+            }
+            return;
+        };
         let key = self.link_dest(key, m, ts).unwrap_or(key);
         if !self.is_origin(key, m) {
             return;
         }
-        let status = text(m, "DialStatus").unwrap_or_default();
         let c = self.call_mut(key);
+        if !status.is_empty() {
+            c.origin_dial_end = Some(status.clone());
+        }
         if status == "ANSWER" && c.origin_dial_answer.is_none() {
             c.origin_dial_answer = Some(ts);
             if c.queue.is_none() {
@@ -558,30 +581,35 @@ impl Tracker {
     }
 
     fn on_varset(&mut self, m: &Message, ts: Micros) {
-        let Some(key) = self.channel(m, &PLAIN, ts) else {
-            return;
-        };
-        let (Some(var), Some(value)) = (text(m, "Variable"), text(m, "Value")) else {
+        let Some(var) = field(m, "Variable") else {
             return;
         };
         let var = var.trim_start_matches('_');
+        let is_route = var.eq_ignore_ascii_case(self.cfg.route_variable.trim_start_matches('_'));
+        let is_email = !self.cfg.agent_email_variable.is_empty()
+            && var.eq_ignore_ascii_case(self.cfg.agent_email_variable.trim_start_matches('_'));
+        let is_queue_status = var == "QUEUESTATUS";
+        let is_dial_status = var == "DIALSTATUS";
+        // VarSet is the most frequent event: decide from the name before any other work.
+        if !(is_route || is_email || is_queue_status || is_dial_status) {
+            return;
+        }
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let Some(value) = text(m, "Value").filter(|v| !v.is_empty()) else {
+            return;
+        };
         let origin = self.is_origin(key, m);
-        let cfg_route = self.cfg.route_variable.trim_start_matches('_').to_string();
-        let cfg_email = self
-            .cfg
-            .agent_email_variable
-            .trim_start_matches('_')
-            .to_string();
         let c = self.call_mut(key);
-        if var.eq_ignore_ascii_case(&cfg_route) && !value.is_empty() {
+        if is_route {
             c.route = Some(value);
-        } else if var == "QUEUESTATUS" && !value.is_empty() {
-            c.queue_status = Some(value);
-        } else if var == "DIALSTATUS" && origin && !value.is_empty() {
-            c.origin_dial_status = Some(value);
-        } else if !cfg_email.is_empty() && var.eq_ignore_ascii_case(&cfg_email) && !value.is_empty()
-        {
+        } else if is_email {
             c.agent_email = Some(value);
+        } else if is_queue_status {
+            c.queue_status = Some(value);
+        } else if origin {
+            c.origin_dial_status = Some(value);
         }
     }
 
@@ -671,7 +699,14 @@ impl Tracker {
         let Some(key) = self.channels.get(&anchor).map(|c| c.call) else {
             return;
         };
-        let target = text(m, "Extension").or_else(|| text(m, "TransferTargetExten"));
+        let target = [
+            "Extension",
+            "TransferTargetExten",
+            "TransferTargetCallerIDNum",
+            "SecondTransfererConnectedLineNum",
+        ]
+        .into_iter()
+        .find_map(|h| text(m, h).filter(|v| known(v)));
         let kind = if event == "BlindTransfer" {
             "blind"
         } else {
@@ -993,6 +1028,10 @@ impl Tracker {
                 };
             }
         }
+        // The dialplan's DIALSTATUS is the verdict; without it (no `dialplan` event class),
+        // an answered dial of the origin, else its last DialEnd, else the Originate's.
+        // A dial of the origin that was answered makes the call answered, whatever later
+        // dials (a transfer that rang out) reported.
         if let Some(s) = c
             .origin_dial_status
             .as_deref()
@@ -1003,10 +1042,16 @@ impl Tracker {
         if c.origin_dial_answer.is_some() {
             return Status::Answered;
         }
+        let verdict = [&c.origin_dial_end, &c.originate_status]
+            .into_iter()
+            .find_map(|s| s.as_deref().and_then(Status::from_dial_status));
+        if let Some(s) = verdict {
+            return s;
+        }
         match direction {
             Direction::Inbound => Status::Abandoned,
-            _ if c.origin_dial_begin.is_some() => Status::Cancelled,
-            _ => Status::Failed,
+            // The calling side hung up before anything answered.
+            _ => Status::Cancelled,
         }
     }
 

@@ -18,6 +18,105 @@ pub struct Config {
     pub calls: CallsConfig,
     /// Agent (member name, extension or interface) → e-mail.
     pub agents: BTreeMap<String, String>,
+    pub zoho: ZohoConfig,
+    pub triggers: Vec<crate::triggers::Trigger>,
+}
+
+/// `[zoho]`: accounts (OAuth clients) and configurations (what a Call activity looks like).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZohoConfig {
+    pub accounts: BTreeMap<String, AccountConfig>,
+    pub configurations: BTreeMap<String, ActivityConfig>,
+}
+
+/// `[zoho.accounts.NAME]`: one Self Client on one data center.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Data center: com (us), eu, in, com.au, jp, com.cn, ca, sa, uk.
+    pub dc: Option<String>,
+    /// Overrides for the accounts server and API domain (tests, proxies, new data centers).
+    pub accounts_url: Option<String>,
+    pub api_domain: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<crate::secret::Secret>,
+    /// Name of the environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// The fallback owner of activities whose agent has no Zoho user.
+    pub admin_email: Option<String>,
+    /// Where the refresh and access tokens are kept (owner-only permissions).
+    pub token_file: Option<PathBuf>,
+    /// CRM API version in the path.
+    pub api_version: String,
+    /// Requests in flight at once to this account.
+    pub max_in_flight: usize,
+    /// How long the e-mail → user map is trusted.
+    pub users_cache_seconds: u64,
+    /// How long a phone lookup result is trusted.
+    pub phone_cache_seconds: u64,
+    /// Trailing digits used for the last-resort phone match (0 turns it off).
+    pub match_last_digits: usize,
+    /// Per-request timeout.
+    pub timeout_seconds: f64,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        AccountConfig {
+            dc: None,
+            accounts_url: None,
+            api_domain: None,
+            client_id: String::new(),
+            client_secret: None,
+            client_secret_env: None,
+            admin_email: None,
+            token_file: None,
+            api_version: "v8".into(),
+            max_in_flight: 5,
+            users_cache_seconds: 900,
+            phone_cache_seconds: 600,
+            match_last_digits: 9,
+            timeout_seconds: 20.0,
+        }
+    }
+}
+
+/// `[zoho.configurations.NAME]`: as in XCALLY Motion, Subject, Description and Fields of the
+/// Call activity, as templates over the call's variables (`{{ caller }}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActivityConfig {
+    pub account: String,
+    pub subject: String,
+    pub description: String,
+    /// Extra fields: fixed values or templates (strings are rendered).
+    pub fields: BTreeMap<String, serde_json::Value>,
+    /// Template of a recording URL for `Voice_Recording__s`.
+    pub recording_url: Option<String>,
+    /// Custom field that receives the bridge's unique key of the activity (for idempotency).
+    pub unique_field: Option<String>,
+    /// Zoho `trigger` list: which automations the insert runs. Absent = Zoho's default (all).
+    pub workflows: Option<Vec<String>>,
+    /// Subject and due time of `zoho_task` follow-ups.
+    pub task_subject: String,
+    pub task_due_days: u32,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        ActivityConfig {
+            account: "main".into(),
+            subject: "{{ direction | capitalize }} call {{ caller }} -> {{ callee }} ({{ status }})".into(),
+            description: "Queue: {{ queue or '-' }}\nAgent: {{ agent or '-' }}\nRoute: {{ outbound_route or '-' }}\nStatus: {{ status }}\nLinkedid: {{ linkedid }}".into(),
+            fields: BTreeMap::new(),
+            recording_url: None,
+            unique_field: None,
+            workflows: None,
+            task_subject: "Call back {{ caller }}".into(),
+            task_due_days: 1,
+        }
+    }
 }
 
 /// What differs between PBXs: which contexts and channels are trunks, agents, routes.

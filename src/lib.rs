@@ -6,4 +6,7 @@
 pub mod ami;
 pub mod calls;
 pub mod config;
+pub mod phone;
 pub mod secret;
+pub mod triggers;
+pub mod zoho;

@@ -14,6 +14,8 @@ use ami_zoho_bridge::calls::{Micros, Output, Tracker};
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::secret::Secret;
 
+mod commands;
+
 #[derive(Parser)]
 #[command(
     name = "ami-zoho-bridge",
@@ -40,6 +42,8 @@ enum Emit {
     Events,
     /// One JSON object per finished call, in end order.
     Calls,
+    /// One JSON object per Zoho record a matching trigger would send (dry run, no Zoho).
+    Activities,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +76,19 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         idle_exit: Option<f64>,
     },
+    /// Zoho account commands (Self Client authorisation, account check).
+    Zoho {
+        #[command(subcommand)]
+        command: ZohoCommand,
+    },
+    /// Run the local Zoho simulator (OAuth + CRM), for demos and manual trials.
+    ZohoSim {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Org data (users, contacts, leads, clients) as JSON; a demo org by default.
+        #[arg(long)]
+        seed: Option<PathBuf>,
+    },
     /// Run a capture through parser and call tracker as fast as possible and print the rate.
     BenchPipeline {
         file: PathBuf,
@@ -90,6 +107,27 @@ enum Command {
         /// Also time a plain line-splitting loop over the same bytes, for reference.
         #[arg(long)]
         baseline: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ZohoCommand {
+    /// Exchange a Self Client grant code for a refresh token and store it.
+    Authorize {
+        #[arg(long)]
+        account: String,
+        /// The one-time grant code from the Self Client's "Generate Code" tab.
+        #[arg(long)]
+        code: String,
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
+    },
+    /// Check an account: token, administrator, users, and every endpoint the bridge uses.
+    Test {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
     },
 }
 
@@ -135,6 +173,27 @@ fn init_logging(format: LogFormat) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay { file, config, emit } => replay(&file, config.as_deref(), emit),
+        Command::Zoho { command } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            match command {
+                ZohoCommand::Authorize {
+                    account,
+                    code,
+                    config,
+                } => {
+                    let cfg = load_config(Some(&config))?;
+                    runtime.block_on(commands::authorize(&cfg, &account, &code))
+                }
+                ZohoCommand::Test { account, config } => {
+                    let cfg = load_config(Some(&config))?;
+                    runtime.block_on(commands::test(&cfg, &account))
+                }
+            }
+        }
+        Command::ZohoSim { listen, seed } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::run_sim(listen, seed.as_deref()))
+        }
         Command::BenchPipeline {
             file,
             config,
@@ -178,30 +237,50 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut tracker = Tracker::new(cfg.calls.clone());
+    let renderer = match emit {
+        Emit::Activities => Some(commands::Renderer::new(&cfg)?),
+        _ => None,
+    };
     let mut outputs = Vec::new();
     for event in replay {
         match event? {
             SourceEvent::Message(m) => match emit {
                 Emit::Events => writeln!(out, "{}", m.to_json())?,
-                Emit::Calls => tracker.on_message(&m, Micros(0), &mut outputs),
+                Emit::Calls | Emit::Activities => tracker.on_message(&m, Micros(0), &mut outputs),
             },
             SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
             _ => {}
         }
-        write_calls(&mut out, &mut outputs)?;
+        write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
     }
-    if emit == Emit::Calls {
+    if emit != Emit::Events {
         tracker.finish(&mut outputs);
-        write_calls(&mut out, &mut outputs)?;
+        write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
     }
     out.flush()?;
     Ok(())
 }
 
 fn write_calls(out: &mut impl Write, outputs: &mut Vec<Output>) -> anyhow::Result<()> {
+    write_outputs(out, outputs, None)
+}
+
+/// Finished calls as JSON lines, or with a renderer, the activities they would create.
+fn write_outputs(
+    out: &mut impl Write,
+    outputs: &mut Vec<Output>,
+    renderer: Option<&commands::Renderer>,
+) -> anyhow::Result<()> {
     for o in outputs.drain(..) {
         if let Output::Finished(call) = o {
-            writeln!(out, "{}", serde_json::to_string(&call)?)?;
+            match renderer {
+                None => writeln!(out, "{}", serde_json::to_string(&call)?)?,
+                Some(r) => {
+                    for line in r.dry_run(&call)? {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+            }
         }
     }
     Ok(())
@@ -301,7 +380,7 @@ async fn watch(cfg: ClientConfig, emit: Emit, idle_exit: Option<Duration>) -> an
                     writeln!(out, "{}", m.to_json())?;
                     out.flush()?;
                 }
-                Emit::Calls => {
+                Emit::Calls | Emit::Activities => {
                     let now = Micros(jiff::Timestamp::now().as_microsecond());
                     tracker.on_message(&m, now, &mut outputs);
                     write_calls(&mut out, &mut outputs)?;

@@ -124,6 +124,14 @@ fn compare(truth: &Value, call: &Call, cut_off: bool) -> Vec<String> {
             diffs.push(format!("{what}: truth {want:?}, got {got:?}"));
         }
     }
+    if let Some(talk) = truth.get("talk_seconds").and_then(Value::as_f64) {
+        if (talk - f64::from(call.talk_seconds)).abs() > 1.0 {
+            diffs.push(format!(
+                "talk_seconds: truth {talk}, got {}",
+                call.talk_seconds
+            ));
+        }
+    }
     if call.incomplete {
         diffs.push("a normally ended call is marked incomplete".into());
     }

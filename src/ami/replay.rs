@@ -47,7 +47,7 @@ impl Replay<CaptureReader> {
         let mut replay = Replay::new(reader);
         if io::stderr().is_terminal()
             && len > 4 * CHUNK as u64
-            && !path.extension().is_some_and(|e| e == "gz")
+            && path.extension().is_none_or(|e| e != "gz")
         {
             let bar = ProgressBar::new(len);
             if let Ok(style) =

@@ -88,6 +88,10 @@ struct CallState {
     tags: BTreeMap<String, String>,
     incomplete: bool,
     fired_hangup: bool,
+    /// When the caller was talking again after a transfer.
+    transfer_resumed_at: Option<Micros>,
+    /// A blind transfer waits for its target's answer.
+    awaiting_transfer_answer: bool,
 }
 
 /// The correlator. Feed it messages in wire order; collect the outputs.
@@ -565,6 +569,13 @@ impl Tracker {
             return;
         };
         let key = self.link_dest(key, m, ts).unwrap_or(key);
+        if status == "ANSWER" {
+            let c = self.call_mut(key);
+            if c.awaiting_transfer_answer {
+                c.awaiting_transfer_answer = false;
+                c.transfer_resumed_at = Some(ts);
+            }
+        }
         if !self.is_origin(key, m) {
             return;
         }
@@ -712,6 +723,12 @@ impl Tracker {
         } else {
             "attended"
         };
+        let c = self.call_mut(key);
+        if kind == "blind" {
+            c.awaiting_transfer_answer = true;
+        } else {
+            c.transfer_resumed_at = Some(ts);
+        }
         self.call_mut(key).transfers.push(Transfer {
             kind,
             target,
@@ -947,9 +964,14 @@ impl Tracker {
             .hung_up
             .or(c.all_ended_at)
             .unwrap_or(c.last_event);
-        let talk_seconds = match (answered_at, c.agent_talk) {
-            (Some(_), Some(t)) if c.transfers.is_empty() => t,
-            (Some(a), _) => ended_at.seconds_since(a).round().max(0.0) as u32,
+        let talk_seconds = match (answered_at, c.agent_talk, c.transfer_resumed_at) {
+            (Some(_), Some(t), _) if c.transfers.is_empty() => t,
+            // After a transfer: the first agent's part, then the target's from when it took
+            // the caller (its answer, or the attended transfer's completion) to the end.
+            (Some(_), Some(t), Some(resumed)) => {
+                t + ended_at.seconds_since(resumed).round().max(0.0) as u32
+            }
+            (Some(a), _, _) => ended_at.seconds_since(a).round().max(0.0) as u32,
             _ => 0,
         };
         let ring_seconds = match direction {

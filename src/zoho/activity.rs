@@ -1,0 +1,280 @@
+//! Rendering a finished call into a Zoho CRM Call record (pure: no I/O).
+//!
+//! What the record says comes from a "Zoho configuration" as in XCALLY Motion: Subject,
+//! Description and extra Fields, as minijinja templates over the call's variables
+//! (`{{ caller }}`, `{{ queue }}`, `{{ talk_seconds }}` ...). The fixed parts follow Zoho's
+//! rules: `Call_Type` from direction and status, `Call_Start_Time` in ISO 8601 with the
+//! offset of the configured time zone, `Call_Duration` as `MM:SS` and never zero on
+//! Inbound/Outbound, `Outgoing_Call_Status: Completed` on outbound calls.
+
+use minijinja::Environment;
+use serde_json::{json, Map, Value};
+
+use crate::calls::{Call, Direction, Status};
+use crate::config::ActivityConfig;
+
+/// Zoho's `Call_Type` picklist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallType {
+    Inbound,
+    Outbound,
+    Missed,
+}
+
+impl CallType {
+    pub fn of(call: &Call) -> CallType {
+        match (call.direction, call.status) {
+            (Direction::Inbound, Status::Answered) => CallType::Inbound,
+            (Direction::Inbound, _) => CallType::Missed,
+            // Outbound and internal calls are placed by an agent: Zoho logs them as Outbound.
+            _ => CallType::Outbound,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallType::Inbound => "Inbound",
+            CallType::Outbound => "Outbound",
+            CallType::Missed => "Missed",
+        }
+    }
+}
+
+/// What only Zoho can tell: filled by the delivery stage, absent in a dry run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookups {
+    pub owner_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub lead_id: Option<String>,
+}
+
+/// A configuration's templates, parsed once.
+pub struct Templates {
+    env: Environment<'static>,
+    fields: Vec<String>,
+}
+
+const SUBJECT: &str = "subject";
+const DESCRIPTION: &str = "description";
+const RECORDING: &str = "recording_url";
+const TASK_SUBJECT: &str = "task_subject";
+
+impl Templates {
+    /// Parses every template of `conf`; the error names the key (`subject: ...`).
+    pub fn compile(conf: &ActivityConfig) -> Result<Templates, String> {
+        let mut env = Environment::new();
+        let mut add = |name: String, source: String| {
+            env.add_template_owned(name.clone(), source)
+                .map_err(|e| format!("{name}: template error: {e}"))
+        };
+        add(SUBJECT.into(), conf.subject.clone())?;
+        add(DESCRIPTION.into(), conf.description.clone())?;
+        add(TASK_SUBJECT.into(), conf.task_subject.clone())?;
+        if let Some(r) = &conf.recording_url {
+            add(RECORDING.into(), r.clone())?;
+        }
+        let mut fields = Vec::new();
+        for (name, value) in &conf.fields {
+            if let Value::String(s) = value {
+                add(format!("fields.{name}"), s.clone())?;
+                fields.push(name.clone());
+            }
+        }
+        Ok(Templates { env, fields })
+    }
+
+    fn render(&self, name: &str, ctx: &Value) -> Result<String, String> {
+        let t = self
+            .env
+            .get_template(name)
+            .map_err(|e| format!("{name}: {e}"))?;
+        t.render(ctx).map_err(|e| format!("{name}: {e}"))
+    }
+}
+
+/// `MM:SS`, minutes unbounded (`75:30`).
+pub fn duration_mmss(seconds: u32) -> String {
+    format!("{:02}:{:02}", seconds / 60, seconds % 60)
+}
+
+/// ISO 8601 with the zone's offset and no fraction: `2026-11-23T21:20:13+01:00`.
+pub fn zoho_time(call_time: crate::calls::Micros, tz: &jiff::tz::TimeZone) -> Option<String> {
+    let ts = jiff::Timestamp::from_second(call_time.0.div_euclid(1_000_000)).ok()?;
+    Some(
+        ts.to_zoned(tz.clone())
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string(),
+    )
+}
+
+/// The variables templates can use: the call's JSON plus a few conveniences.
+pub fn template_context(call: &Call, trigger: &str, tz: &jiff::tz::TimeZone) -> Value {
+    let mut ctx = serde_json::to_value(call).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut ctx {
+        map.insert("trigger".into(), json!(trigger));
+        map.insert("duration".into(), json!(duration_mmss(call.talk_seconds)));
+        map.insert("call_type".into(), json!(CallType::of(call).as_str()));
+        map.insert("start_local".into(), json!(zoho_time(call.started_at, tz)));
+        map.remove("channels");
+    }
+    ctx
+}
+
+/// The Call record for `call` as fired by `trigger`.
+pub fn render_call(
+    call: &Call,
+    trigger: &str,
+    conf: &ActivityConfig,
+    templates: &Templates,
+    tz: &jiff::tz::TimeZone,
+    lookups: Option<&Lookups>,
+) -> Result<Map<String, Value>, String> {
+    let ctx = template_context(call, trigger, tz);
+    let call_type = CallType::of(call);
+    let mut r = Map::new();
+    r.insert(
+        "Subject".into(),
+        json!(truncate(&templates.render(SUBJECT, &ctx)?, 255)),
+    );
+    r.insert("Call_Type".into(), json!(call_type.as_str()));
+    let start = zoho_time(call.started_at, tz).ok_or("the call's start time is out of range")?;
+    r.insert("Call_Start_Time".into(), json!(start));
+    match call_type {
+        CallType::Missed => {}
+        CallType::Inbound | CallType::Outbound => {
+            // Zoho refuses a zero duration on these types; an unanswered outbound call is
+            // logged with its ring time.
+            let secs = if call.status == Status::Answered {
+                call.talk_seconds
+            } else {
+                call.ended_at
+                    .seconds_since(call.started_at)
+                    .round()
+                    .max(0.0) as u32
+            };
+            r.insert("Call_Duration".into(), json!(duration_mmss(secs.max(1))));
+        }
+    }
+    if call_type == CallType::Outbound {
+        r.insert("Outgoing_Call_Status".into(), json!("Completed"));
+    }
+    r.insert(
+        "Description".into(),
+        json!(templates.render(DESCRIPTION, &ctx)?),
+    );
+    if let Some(n) = &call.caller {
+        r.insert("Caller_ID".into(), json!(n));
+    }
+    if let Some(n) = &call.callee {
+        r.insert("Dialled_Number".into(), json!(n));
+    }
+    if conf.recording_url.is_some() {
+        let url = templates.render(RECORDING, &ctx)?;
+        if !url.trim().is_empty() {
+            r.insert("Voice_Recording__s".into(), json!(url));
+        }
+    }
+    for (name, value) in &conf.fields {
+        let v = if templates.fields.contains(name) {
+            json!(templates.render(&format!("fields.{name}"), &ctx)?)
+        } else {
+            value.clone()
+        };
+        r.insert(name.clone(), v);
+    }
+    if let Some(field) = &conf.unique_field {
+        r.insert(field.clone(), json!(unique_key(call, trigger)));
+    }
+    if let Some(l) = lookups {
+        link(&mut r, l);
+    }
+    Ok(r)
+}
+
+/// The follow-up Task (e.g. call back an abandoned caller) for `call`.
+pub fn render_task(
+    call: &Call,
+    trigger: &str,
+    conf: &ActivityConfig,
+    templates: &Templates,
+    tz: &jiff::tz::TimeZone,
+    lookups: Option<&Lookups>,
+) -> Result<Map<String, Value>, String> {
+    let ctx = template_context(call, trigger, tz);
+    let mut r = Map::new();
+    r.insert(
+        "Subject".into(),
+        json!(truncate(&templates.render(TASK_SUBJECT, &ctx)?, 255)),
+    );
+    let due_secs = call.ended_at.0.div_euclid(1_000_000) + i64::from(conf.task_due_days) * 86_400;
+    let due = jiff::Timestamp::from_second(due_secs)
+        .map_err(|e| e.to_string())?
+        .to_zoned(tz.clone())
+        .strftime("%Y-%m-%d")
+        .to_string();
+    r.insert("Due_Date".into(), json!(due));
+    r.insert("Status".into(), json!("Not Started"));
+    r.insert(
+        "Description".into(),
+        json!(templates.render(DESCRIPTION, &ctx)?),
+    );
+    if let Some(l) = lookups {
+        link(&mut r, l);
+    }
+    Ok(r)
+}
+
+/// Owner, and the Contact (`Who_Id`) or Lead (`What_Id` + `$se_module`).
+fn link(r: &mut Map<String, Value>, l: &Lookups) {
+    if let Some(id) = &l.owner_id {
+        r.insert("Owner".into(), json!({ "id": id }));
+    }
+    if let Some(id) = &l.contact_id {
+        r.insert("Who_Id".into(), json!({ "id": id }));
+    } else if let Some(id) = &l.lead_id {
+        r.insert("What_Id".into(), json!({ "id": id }));
+        r.insert("$se_module".into(), json!("Leads"));
+    }
+}
+
+/// The bridge's id of one activity: the call and the trigger that made it.
+pub fn unique_key(call: &Call, trigger: &str) -> String {
+    format!("{}:{}", call.linkedid, trigger)
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_mmss(0), "00:00");
+        assert_eq!(duration_mmss(252), "04:12");
+        assert_eq!(duration_mmss(4530), "75:30");
+    }
+
+    #[test]
+    fn zoho_time_has_the_zone_offset_and_no_fraction() {
+        let tz = jiff::tz::TimeZone::get("Europe/Rome").unwrap();
+        // 2026-11-23T20:20:13.224Z is 21:20:13 in Rome (CET, +01:00).
+        let t = crate::calls::Micros(1_795_465_213_224_000);
+        assert_eq!(
+            zoho_time(t, &tz).as_deref(),
+            Some("2026-11-23T21:20:13+01:00")
+        );
+    }
+
+    #[test]
+    fn template_errors_name_the_key() {
+        let conf = ActivityConfig {
+            subject: "{{ caller ".into(),
+            ..ActivityConfig::default()
+        };
+        let err = Templates::compile(&conf).err().unwrap_or_default();
+        assert!(err.starts_with("subject:"), "{err}");
+    }
+}

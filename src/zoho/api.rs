@@ -1,0 +1,633 @@
+//! The CRM endpoints the bridge uses: users, Contacts/Leads search by phone, record inserts.
+//!
+//! Every request carries `Authorization: Zoho-oauthtoken …`, waits for one of a few permits
+//! (Zoho limits concurrency per org), refreshes the token once on `401 INVALID_TOKEN`, and maps
+//! failures to [`Retry`] classes so the outbox knows whether to try again, check first, or
+//! give up. Users and phone matches are cached, because each request costs Zoho credits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+use tokio::sync::{Mutex, Semaphore};
+
+use super::oauth::OAuth;
+use super::{Retry, ZohoError};
+use crate::config::AccountConfig;
+use crate::phone;
+
+/// A Zoho user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub full_name: String,
+}
+
+/// Where a phone number was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Module {
+    Contacts,
+    Leads,
+}
+
+impl Module {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Module::Contacts => "Contacts",
+            Module::Leads => "Leads",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneMatch {
+    pub module: Module,
+    pub id: String,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+}
+
+/// The fate of one record of an insert, in input order.
+#[derive(Debug, Clone)]
+pub enum RecordOutcome {
+    Created { id: String },
+    Failed(ZohoError),
+}
+
+/// The owner of an activity, and whether it is the administrator fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub id: String,
+    pub fallback: bool,
+}
+
+struct UserCache {
+    at: Instant,
+    by_email: HashMap<String, User>,
+}
+
+/// A CRM client for one account.
+pub struct ZohoApi {
+    oauth: Arc<OAuth>,
+    http: reqwest::Client,
+    version: String,
+    permits: Semaphore,
+    users_ttl: Duration,
+    phone_ttl: Duration,
+    last_digits: usize,
+    country: Option<phonenumber::country::Id>,
+    admin_email: Option<String>,
+    users: Mutex<Option<UserCache>>,
+    admin: Mutex<Option<User>>,
+    phones: Mutex<HashMap<String, (Instant, Option<PhoneMatch>)>>,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+/// An HTTP answer worth reading.
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+}
+
+impl ZohoApi {
+    pub fn new(
+        oauth: Arc<OAuth>,
+        cfg: &AccountConfig,
+        default_country: &str,
+        http: reqwest::Client,
+    ) -> ZohoApi {
+        ZohoApi {
+            oauth,
+            http,
+            version: cfg.api_version.clone(),
+            permits: Semaphore::new(cfg.max_in_flight.max(1)),
+            users_ttl: Duration::from_secs(cfg.users_cache_seconds),
+            phone_ttl: Duration::from_secs(cfg.phone_cache_seconds),
+            last_digits: cfg.match_last_digits,
+            country: phone::country(default_country),
+            admin_email: cfg.admin_email.clone(),
+            users: Mutex::new(None),
+            admin: Mutex::new(None),
+            phones: Mutex::new(HashMap::new()),
+            requests: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// HTTP requests made to the CRM API so far (for the requests-per-activity figure).
+    pub fn requests_made(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn oauth(&self) -> &OAuth {
+        &self.oauth
+    }
+
+    /// One CRM request, with the token refreshed once on `INVALID_TOKEN`.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Answer, ZohoError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ZohoError::Network {
+                message: "client shut down".into(),
+                retry: Retry::Transient,
+            })?;
+        let mut refreshed = false;
+        loop {
+            let access = self.oauth.access().await?;
+            let url = format!(
+                "{}/crm/{}/{}",
+                access.api_domain,
+                self.version,
+                path.trim_start_matches('/')
+            );
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .header(
+                    "Authorization",
+                    format!("Zoho-oauthtoken {}", access.token.expose()),
+                )
+                .query(query);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sent_write = method != Method::GET;
+            let response = req
+                .send()
+                .await
+                .map_err(|e| network_error(&e, sent_write, path))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| network_error(&e, sent_write, path))?;
+            let body: Option<Value> = if bytes.is_empty() {
+                None
+            } else {
+                serde_json::from_slice(&bytes).ok()
+            };
+            let code = body
+                .as_ref()
+                .and_then(|b| b.get("code"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if status == 401 && code == "INVALID_TOKEN" && !refreshed {
+                // Expired early, evicted or revoked: refresh once and try again.
+                self.oauth.invalidate(&access.token).await;
+                refreshed = true;
+                continue;
+            }
+            return Ok(Answer { status, body });
+        }
+    }
+
+    /// Turns a non-success answer into an error.
+    fn fail(answer: &Answer, what: &str) -> ZohoError {
+        let b = answer.body.as_ref();
+        let text = |k: &str| {
+            b.and_then(|b| b.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let code = text("code").unwrap_or_else(|| format!("HTTP_{}", answer.status));
+        let mut message = text("message").unwrap_or_else(|| format!("{what} failed"));
+        let field = b
+            .and_then(|b| b.pointer("/details/api_name"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if code == "OAUTH_SCOPE_MISMATCH" {
+            message = format!("{what}: the token lacks the OAuth scope for this endpoint");
+        }
+        ZohoError::Api {
+            status: answer.status,
+            code: code.clone(),
+            message,
+            field,
+            retry: classify(answer.status, &code),
+        }
+    }
+
+    /// The token's own user: the administrator fallback owner when none is configured.
+    pub async fn current_user(&self) -> Result<User, ZohoError> {
+        let a = self
+            .request(Method::GET, "users", &[("type", "CurrentUser")], None)
+            .await?;
+        if a.status != 200 {
+            return Err(Self::fail(&a, "reading the current user"));
+        }
+        parse_users(a.body.as_ref())
+            .into_iter()
+            .next()
+            .ok_or_else(|| ZohoError::Api {
+                status: a.status,
+                code: "NO_CURRENT_USER".into(),
+                message: "the users endpoint returned no current user".into(),
+                field: None,
+                retry: Retry::Permanent,
+            })
+    }
+
+    /// Every active user, page by page.
+    pub async fn active_users(&self) -> Result<Vec<User>, ZohoError> {
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let page_s = page.to_string();
+            let a = self
+                .request(
+                    Method::GET,
+                    "users",
+                    &[
+                        ("type", "ActiveUsers"),
+                        ("page", &page_s),
+                        ("per_page", "200"),
+                    ],
+                    None,
+                )
+                .await?;
+            match a.status {
+                204 => break,
+                200 => {}
+                _ => return Err(Self::fail(&a, "listing active users")),
+            }
+            out.extend(parse_users(a.body.as_ref()));
+            let more = a
+                .body
+                .as_ref()
+                .and_then(|b| b.pointer("/info/more_records"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The user with `email` (case-insensitive), from a cache refreshed on expiry or a miss.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, ZohoError> {
+        let key = email.trim().to_ascii_lowercase();
+        {
+            let cache = self.users.lock().await;
+            if let Some(c) = cache.as_ref() {
+                if c.at.elapsed() < self.users_ttl {
+                    if let Some(u) = c.by_email.get(&key) {
+                        return Ok(Some(u.clone()));
+                    }
+                    // A miss shortly after a refresh is a real miss: do not hammer Zoho.
+                    if c.at.elapsed() < Duration::from_secs(60) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        let users = self.active_users().await?;
+        let by_email: HashMap<String, User> = users
+            .into_iter()
+            .map(|u| (u.email.to_ascii_lowercase(), u))
+            .collect();
+        let found = by_email.get(&key).cloned();
+        *self.users.lock().await = Some(UserCache {
+            at: Instant::now(),
+            by_email,
+        });
+        Ok(found)
+    }
+
+    /// The administrator: the configured `admin_email`'s user, else the token's user.
+    pub async fn admin(&self) -> Result<User, ZohoError> {
+        if let Some(u) = self.admin.lock().await.clone() {
+            return Ok(u);
+        }
+        let user = match &self.admin_email {
+            Some(e) => match self.user_by_email(e).await? {
+                Some(u) => u,
+                None => {
+                    return Err(ZohoError::Config(format!(
+                        "admin_email {e} is not an active Zoho user"
+                    )))
+                }
+            },
+            None => self.current_user().await?,
+        };
+        *self.admin.lock().await = Some(user.clone());
+        Ok(user)
+    }
+
+    /// The owner of an activity: the agent's Zoho user by e-mail, else the administrator.
+    /// The fallback is logged with the agent's e-mail.
+    pub async fn owner_for(&self, agent_email: Option<&str>) -> Result<Owner, ZohoError> {
+        if let Some(email) = agent_email.filter(|e| !e.trim().is_empty()) {
+            if let Some(u) = self.user_by_email(email).await? {
+                return Ok(Owner {
+                    id: u.id,
+                    fallback: false,
+                });
+            }
+            tracing::warn!(agent_email = %email, "no active Zoho user with the agent's e-mail: the administrator owns the activity");
+        }
+        Ok(Owner {
+            id: self.admin().await?.id,
+            fallback: true,
+        })
+    }
+
+    /// The Contact (first) or Lead whose phone matches `number`, trying E.164, `00`
+    /// international and national forms, then the last digits.
+    pub async fn find_by_phone(&self, number: &str) -> Result<Option<PhoneMatch>, ZohoError> {
+        let forms = phone::forms(number, self.country, self.last_digits);
+        let key = forms.e164.clone().unwrap_or_else(|| phone::digits(number));
+        if key.len() < 3 {
+            return Ok(None);
+        }
+        if let Some((at, hit)) = self.phones.lock().await.get(&key) {
+            if at.elapsed() < self.phone_ttl {
+                return Ok(hit.clone());
+            }
+        }
+        let mut found = None;
+        'modules: for module in [Module::Contacts, Module::Leads] {
+            for v in &forms.variants {
+                if let Some(m) = self.search(module, &[("phone", v.as_str())]).await? {
+                    found = Some(m);
+                    break 'modules;
+                }
+            }
+        }
+        if found.is_none() {
+            if let Some(last) = &forms.last_digits {
+                for module in [Module::Contacts, Module::Leads] {
+                    if let Some(m) = self.search(module, &[("word", last.as_str())]).await? {
+                        found = Some(m);
+                        break;
+                    }
+                }
+            }
+        }
+        self.phones
+            .lock()
+            .await
+            .insert(key, (Instant::now(), found.clone()));
+        Ok(found)
+    }
+
+    async fn search(
+        &self,
+        module: Module,
+        query: &[(&str, &str)],
+    ) -> Result<Option<PhoneMatch>, ZohoError> {
+        let mut q: Vec<(&str, &str)> = query.to_vec();
+        q.push(("per_page", "10"));
+        let a = self
+            .request(
+                Method::GET,
+                &format!("{}/search", module.as_str()),
+                &q,
+                None,
+            )
+            .await?;
+        match a.status {
+            204 => Ok(None),
+            200 => {
+                let records = a
+                    .body
+                    .as_ref()
+                    .and_then(|b| b.get("data"))
+                    .and_then(Value::as_array);
+                let Some(records) = records.filter(|r| !r.is_empty()) else {
+                    return Ok(None);
+                };
+                if records.len() > 1 {
+                    tracing::info!(
+                        module = module.as_str(),
+                        matches = records.len(),
+                        "several records share the number: taking the most recently modified"
+                    );
+                }
+                let best = records.iter().max_by_key(|r| {
+                    r.get("Modified_Time")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                });
+                Ok(best.and_then(|r| {
+                    Some(PhoneMatch {
+                        module,
+                        id: r.get("id")?.as_str()?.to_string(),
+                        name: r
+                            .get("Full_Name")
+                            .and_then(Value::as_str)
+                            .or_else(|| r.get("Last_Name").and_then(Value::as_str))
+                            .map(str::to_string),
+                        owner_email: r
+                            .pointer("/Owner/email")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    })
+                }))
+            }
+            _ => Err(Self::fail(&a, &format!("searching {}", module.as_str()))),
+        }
+    }
+
+    /// Inserts records into `module` (`Calls`, `Tasks`) in batches of at most 100 and returns
+    /// each record's fate in input order. `workflows`: Zoho's `trigger` list (None: Zoho runs
+    /// all its automations; empty: none).
+    pub async fn insert(
+        &self,
+        module: &str,
+        records: &[Map<String, Value>],
+        workflows: Option<&[String]>,
+    ) -> Result<Vec<RecordOutcome>, ZohoError> {
+        let mut out = Vec::with_capacity(records.len());
+        for batch in records.chunks(100) {
+            let mut body = json!({ "data": batch });
+            if let Some(w) = workflows {
+                body["trigger"] = json!(w);
+            }
+            let a = self.request(Method::POST, module, &[], Some(&body)).await?;
+            let data = a
+                .body
+                .as_ref()
+                .and_then(|b| b.get("data"))
+                .and_then(Value::as_array);
+            match (a.status, data) {
+                (200 | 201 | 202 | 207 | 400, Some(entries)) if entries.len() == batch.len() => {
+                    out.extend(entries.iter().map(|e| record_outcome(a.status, e)));
+                }
+                _ => return Err(Self::fail(&a, &format!("inserting {module}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks each endpoint the bridge uses; a missing scope is named.
+    pub async fn probe(&self) -> Vec<(&'static str, &'static str, Result<(), ZohoError>)> {
+        let mut out = Vec::new();
+        let users = self
+            .request(
+                Method::GET,
+                "users",
+                &[("type", "ActiveUsers"), ("per_page", "1")],
+                None,
+            )
+            .await;
+        out.push((
+            "users",
+            "ZohoCRM.users.READ",
+            ok_unless_denied(users, "listing users"),
+        ));
+        for (name, scope, module) in [
+            (
+                "contacts search",
+                "ZohoCRM.modules.contacts.READ",
+                "Contacts",
+            ),
+            ("leads search", "ZohoCRM.modules.leads.READ", "Leads"),
+        ] {
+            let r = self
+                .request(
+                    Method::GET,
+                    &format!("{module}/search"),
+                    &[("phone", "+0000000000")],
+                    None,
+                )
+                .await;
+            out.push((name, scope, ok_unless_denied(r, name)));
+        }
+        // An empty insert is refused for its data, after the scope check: nothing is created.
+        let r = self
+            .request(Method::POST, "Calls", &[], Some(&json!({ "data": [] })))
+            .await;
+        out.push((
+            "calls insert",
+            "ZohoCRM.modules.calls.CREATE",
+            ok_unless_denied(r, "inserting Calls"),
+        ));
+        out
+    }
+}
+
+/// For probes: any answer but an authorization failure means the endpoint is usable.
+fn ok_unless_denied(r: Result<Answer, ZohoError>, what: &str) -> Result<(), ZohoError> {
+    let a = r?;
+    match a.status {
+        401 | 403 => Err(ZohoApi::fail(&a, what)),
+        s if s >= 500 => Err(ZohoApi::fail(&a, what)),
+        _ => Ok(()),
+    }
+}
+
+fn parse_users(body: Option<&Value>) -> Vec<User> {
+    body.and_then(|b| b.get("users"))
+        .and_then(Value::as_array)
+        .map(|users| {
+            users
+                .iter()
+                .filter_map(|u| {
+                    Some(User {
+                        id: u.get("id")?.as_str()?.to_string(),
+                        email: u.get("email")?.as_str()?.to_string(),
+                        full_name: u
+                            .get("full_name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn record_outcome(status: u16, e: &Value) -> RecordOutcome {
+    let text = |k: &str| {
+        e.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if text("status") == "success" {
+        if let Some(id) = e.pointer("/details/id").and_then(Value::as_str) {
+            return RecordOutcome::Created { id: id.to_string() };
+        }
+    }
+    let code = text("code");
+    RecordOutcome::Failed(ZohoError::Api {
+        status,
+        retry: classify(
+            if code == "DEPENDENT_SERVICE_ERROR" {
+                503
+            } else {
+                400
+            },
+            &code,
+        ),
+        field: e
+            .pointer("/details/api_name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        message: text("message"),
+        code,
+    })
+}
+
+/// Transient: 5xx, 429 and Zoho's dependent-service failures. Everything else is permanent.
+fn classify(status: u16, code: &str) -> Retry {
+    if status == 429
+        || status >= 500
+        || code == "DEPENDENT_SERVICE_ERROR"
+        || code == "TOO_MANY_REQUESTS"
+    {
+        Retry::Transient
+    } else {
+        Retry::Permanent
+    }
+}
+
+/// A failed exchange: before anything was sent it is transient; after a write was sent, its
+/// outcome is unknown (the record may exist).
+fn network_error(e: &reqwest::Error, write: bool, path: &str) -> ZohoError {
+    let sent = !e.is_connect() && !e.is_builder();
+    ZohoError::Network {
+        message: format!("{path}: {}", e.without_url_ref()),
+        retry: if write && sent {
+            Retry::Unknown
+        } else {
+            Retry::Transient
+        },
+    }
+}
+
+trait WithoutUrlRef {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrlRef for reqwest::Error {
+    /// The error text without the URL (which is harmless here, but keep logs short).
+    fn without_url_ref(&self) -> String {
+        let mut s = self.to_string();
+        if let Some(url) = self.url() {
+            s = s.replace(url.as_str(), "");
+        }
+        let mut source = std::error::Error::source(self);
+        while let Some(inner) = source {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        s
+    }
+}

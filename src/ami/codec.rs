@@ -103,7 +103,10 @@ impl AmiCodec {
             .saturating_sub(parse::END_COMMAND.len())
             .min(src.len());
         let new = &src[from..];
-        self.end_command_seen = memchr::memmem::find(new, parse::END_COMMAND).is_some();
+        // Only a legacy `Response: Follows` (always its first line) can end without an empty
+        // line; other messages need not pay for that search.
+        let follows = src.trim_ascii_start().starts_with(b"Response: Follows");
+        self.end_command_seen = follows && memchr::memmem::find(new, parse::END_COMMAND).is_some();
         self.end_command_seen || parse::skip_to_blank_line(new).1
     }
 

@@ -176,3 +176,41 @@ fn calls_that_never_hang_up_are_evicted_after_the_maximum_age() {
     assert!(evicted.iter().all(|c| c.incomplete));
     assert_eq!(tracker.live_calls(), 1);
 }
+
+/// Live moments for triggers: an agent rung who does not answer (reject), the next one rung and
+/// answering, the hang-up; each fired on the call as known so far.
+#[test]
+fn moments_ring_reject_answer_hangup_in_order() {
+    let dir = support::root().join("fixtures/ami-real");
+    let mut tracker = Tracker::new(CallsConfig {
+        emit_moments: true,
+        ..lab_config()
+    });
+    let mut out = Vec::new();
+    feed(
+        &mut tracker,
+        &support::read_capture(&dir.join("inbound-ring-noanswer-next-agent.ami")),
+        &mut out,
+    );
+    tracker.finish(&mut out);
+    let moments: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Moment(m, c) => Some(format!("{m:?}:{}", c.agent.as_deref().unwrap_or("-"))),
+            Output::Finished(_) => None,
+        })
+        .collect();
+    // billing is linear: Agent 1013 rings 8 s (AgentRingNoAnswer), then Agent 1014 answers.
+    assert_eq!(
+        moments,
+        vec![
+            "Ring:-",
+            "Reject:-",
+            "Ring:-",
+            "Answer:Agent 1014",
+            "Hangup:Agent 1014"
+        ],
+        "{moments:?}"
+    );
+    assert_eq!(finished(&out).len(), 1);
+}

@@ -471,6 +471,7 @@ async fn every_fault_kind_maps_to_the_right_retry_class() {
     errors.push(check(Fault::RevokeTokens, Retry::Permanent, 0).await);
     errors.push(logs.text());
     assert_no_secret(&lab, &errors);
+    check_schema(&lab.sim.records("Calls"), &lab);
 }
 
 #[tokio::test]

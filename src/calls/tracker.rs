@@ -550,7 +550,10 @@ impl Tracker {
         }
         if origin {
             c.origin_dial_begin.get_or_insert(ts);
-            self.moment(key, Moment::Ring, out);
+            // Queue calls ring on AgentCalled; the queue's own dials would ring twice.
+            if c.queue.is_none() {
+                self.moment(key, Moment::Ring, out);
+            }
         }
     }
 

@@ -9,7 +9,10 @@
 //! Time is the event's own `Timestamp:` when the PBX sends it, else the time the caller passes
 //! in (arrival time live). Replays of captures with timestamps are therefore deterministic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys are channel ids from the PBX: a fast non-cryptographic hash is the right trade.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::ami::Message;
 use crate::config::CallsConfig;
@@ -190,12 +193,12 @@ impl Tracker {
     pub fn new(cfg: CallsConfig) -> Tracker {
         Tracker {
             cfg,
-            channels: HashMap::new(),
-            calls: HashMap::new(),
-            by_linkedid: HashMap::new(),
-            local_names: HashMap::new(),
-            queue_members: HashMap::new(),
-            bridges: HashMap::new(),
+            channels: HashMap::default(),
+            calls: HashMap::default(),
+            by_linkedid: HashMap::default(),
+            local_names: HashMap::default(),
+            queue_members: HashMap::default(),
+            bridges: HashMap::default(),
             next_key: 1,
             now: Micros(0),
             last_flush: Micros(0),

@@ -227,9 +227,10 @@ impl Tracker {
         if ts > self.now {
             self.now = ts;
         }
-        let relevant = RELEVANT.iter().any(|e| e.as_bytes() == event);
-        // Items of our own list actions carry an ActionID; they are not live changes.
-        if relevant && m.action_id().is_none() {
+        // None of these is ever an item of a list action (those are CoreShowChannel,
+        // QueueMember ...), so no ActionID check is needed: the client keeps responses and list
+        // items to itself anyway.
+        if RELEVANT.iter().any(|e| e.as_bytes() == event) {
             if let Ok(event) = std::str::from_utf8(event) {
                 self.apply(event, m, ts, out);
             }

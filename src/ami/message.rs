@@ -72,9 +72,17 @@ impl Message {
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let want = name.as_bytes();
+        let first = want.first()?.to_ascii_lowercase();
+        // Consumers look up a dozen names per event among two dozen headers: reject on length
+        // and first letter before comparing whole names.
         self.headers
             .iter()
-            .find(|(n, _)| n.get(&self.buf).eq_ignore_ascii_case(name.as_bytes()))
+            .find(|(n, _)| {
+                n.len as usize == want.len()
+                    && self.buf[n.start as usize].to_ascii_lowercase() == first
+                    && n.get(&self.buf).eq_ignore_ascii_case(want)
+            })
             .map(|(_, v)| v.get(&self.buf))
     }
 

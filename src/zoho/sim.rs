@@ -438,6 +438,16 @@ async fn revoke(State(inner): State<Shared>, Query(q): Query<HashMap<String, Str
 
 // ---- CRM -------------------------------------------------------------------------------
 
+/// 401 `INVALID_TOKEN`: expired, evicted, revoked, from another DC, or a malformed header.
+fn invalid_token() -> Response {
+    crm_error(
+        StatusCode::UNAUTHORIZED,
+        "INVALID_TOKEN",
+        "invalid oauth token",
+        json!({}),
+    )
+}
+
 fn crm_error(status: StatusCode, code: &str, message: &str, details: Value) -> Response {
     (
         status,
@@ -507,15 +517,7 @@ async fn gate(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let Some(token) = header.strip_prefix("Zoho-oauthtoken ") else {
-        return (
-            Some(crm_error(
-                StatusCode::UNAUTHORIZED,
-                "INVALID_TOKEN",
-                "invalid oauth token",
-                json!({}),
-            )),
-            false,
-        );
+        return (Some(invalid_token()), false);
     };
     let valid = g.access.get(token).filter(|t| {
         t.dc == dc
@@ -523,15 +525,7 @@ async fn gate(
             && g.refresh.get(&t.refresh).is_some_and(|r| !r.revoked)
     });
     let Some(t) = valid else {
-        return (
-            Some(crm_error(
-                StatusCode::UNAUTHORIZED,
-                "INVALID_TOKEN",
-                "invalid oauth token",
-                json!({}),
-            )),
-            false,
-        );
+        return (Some(invalid_token()), false);
     };
     if !needed.iter().any(|s| t.scopes.contains(s)) {
         return (

@@ -11,6 +11,9 @@ use super::message::{Action, Message, MessageSpans};
 use super::parse;
 use super::AmiError;
 
+/// The value that switches a response into legacy command output.
+const FOLLOWS: &[u8] = b"Follows";
+
 /// One decoded unit of the stream.
 #[derive(Debug, Clone)]
 pub enum Frame {
@@ -40,6 +43,8 @@ pub struct AmiCodec {
     /// (which would be quadratic in the message size).
     scanned: usize,
     end_command_seen: bool,
+    /// The partial message has a `Follows` in it (legacy command output).
+    follows_seen: bool,
 }
 
 impl Default for AmiCodec {
@@ -57,6 +62,7 @@ impl AmiCodec {
             skipped: 0,
             scanned: 0,
             end_command_seen: false,
+            follows_seen: false,
         }
     }
 
@@ -103,10 +109,13 @@ impl AmiCodec {
             .saturating_sub(parse::END_COMMAND.len())
             .min(src.len());
         let new = &src[from..];
-        // Only a legacy `Response: Follows` (always its first line) can end without an empty
-        // line; other messages need not pay for that search.
-        let follows = src.trim_ascii_start().starts_with(b"Response: Follows");
-        self.end_command_seen = follows && memchr::memmem::find(new, parse::END_COMMAND).is_some();
+        // Only a legacy `Response: Follows` can end without an empty line: search for the
+        // marker only once that header has been seen in this message (both searches look at
+        // new bytes only, so a message read in small pieces costs linear time).
+        let from_follows = self.scanned.saturating_sub(FOLLOWS.len()).min(src.len());
+        self.follows_seen |= memchr::memmem::find(&src[from_follows..], FOLLOWS).is_some();
+        self.end_command_seen =
+            self.follows_seen && memchr::memmem::find(new, parse::END_COMMAND).is_some();
         self.end_command_seen || parse::skip_to_blank_line(new).1
     }
 
@@ -148,6 +157,8 @@ impl Decoder for AmiCodec {
                     let consumed = match parse::message_into(src, self.max_message, &mut spans) {
                         Ok(rest) => src.len() - rest.len(),
                         Err(nom::Err::Incomplete(_)) => {
+                            // The parse just read all of it; later reads only look at new bytes.
+                            self.follows_seen = memchr::memmem::find(src, FOLLOWS).is_some();
                             self.scanned = src.len();
                             return Ok(None);
                         }
@@ -160,11 +171,13 @@ impl Decoder for AmiCodec {
                             self.state = State::Skipping;
                             self.scanned = 0;
                             self.end_command_seen = false;
+                            self.follows_seen = false;
                             continue;
                         }
                     };
                     self.scanned = 0;
                     self.end_command_seen = false;
+                    self.follows_seen = false;
                     let bytes = src.split_to(consumed).freeze();
                     return Ok(Some(Frame::Message(spans.into_message(bytes))));
                 }

@@ -713,3 +713,48 @@ async fn rendered_lab_calls_are_accepted_and_pass_the_schema() {
     );
     check_schema(&stored, &lab);
 }
+
+/// Zoho keeps a limited number of live access tokens per refresh token: minting one more
+/// evicts the oldest, which then fails with INVALID_TOKEN (and the client recovers by
+/// refreshing).
+#[tokio::test]
+async fn live_token_cap_evicts_the_oldest() {
+    let limits = SimLimits {
+        live_tokens: 2,
+        ..SimLimits::default()
+    };
+    let lab = Lab::start(sim::demo_seed(), limits).await;
+    let (oauth, api) = lab.authorized().await;
+    let first = oauth.access().await.expect("token").token;
+    for _ in 0..2 {
+        let t = oauth.access().await.expect("token").token;
+        oauth.invalidate(&t).await;
+        oauth.access().await.expect("refreshed");
+    }
+    let url = format!("{}/crm/v8/users?type=ActiveUsers", lab.sim.url("eu"));
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .header(
+            "Authorization",
+            format!("Zoho-oauthtoken {}", first.expose()),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status().as_u16(), 401);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["code"], "INVALID_TOKEN");
+    // A token in the wrong header scheme is refused too.
+    let current = oauth.access().await.expect("token").token;
+    let bearer = reqwest::Client::new()
+        .get(&url)
+        .header("Authorization", format!("Bearer {}", current.expose()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(bearer.status().as_u16(), 401);
+    assert!(
+        api.active_users().await.is_ok(),
+        "the client's own token still works"
+    );
+}

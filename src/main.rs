@@ -75,6 +75,9 @@ enum Command {
         /// Exit after this many seconds without traffic.
         #[arg(long, value_name = "SECS")]
         idle_exit: Option<f64>,
+        /// Configuration for `--emit calls` (trunk and agent contexts, routes ...).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Zoho account commands (Self Client authorisation, account check).
     Zoho {
@@ -211,7 +214,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             emit,
             idle_exit,
+            config,
         } => {
+            let bridge = load_config(config.as_deref())?;
             let secret = std::env::var("AMI_SECRET").map_err(|_| {
                 UsageError("set the AMI secret in the environment variable AMI_SECRET".into())
             })?;
@@ -221,7 +226,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 AuthArg::Md5 => AuthMethod::Md5,
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(watch(cfg, emit, idle_exit.map(Duration::from_secs_f64)))
+            runtime.block_on(watch(
+                cfg,
+                &bridge,
+                emit,
+                idle_exit.map(Duration::from_secs_f64),
+            ))
         }
     }
 }
@@ -357,10 +367,15 @@ fn pipeline_once(data: &[u8], cfg: &Config) -> anyhow::Result<PipelineCount> {
     Ok(count)
 }
 
-async fn watch(cfg: ClientConfig, emit: Emit, idle_exit: Option<Duration>) -> anyhow::Result<()> {
+async fn watch(
+    cfg: ClientConfig,
+    bridge: &Config,
+    emit: Emit,
+    idle_exit: Option<Duration>,
+) -> anyhow::Result<()> {
     let (_client, mut events) = AmiClient::connect(cfg).await?;
     let mut out = io::stdout();
-    let mut tracker = Tracker::new(Config::default().calls);
+    let mut tracker = Tracker::new(bridge.calls.clone());
     let mut outputs = Vec::new();
     loop {
         let next = match idle_exit {

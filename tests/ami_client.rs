@@ -222,3 +222,51 @@ async fn cut_mid_frame_reconnects_without_loss_or_duplicates() {
     );
     assert_eq!(server.state.lock().unwrap().logins_ok, 2);
 }
+
+/// `watch` as an operator runs it: the secret from the environment, every message as a JSON
+/// line, exit after the stream has been idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_every_message_and_exits_when_idle() {
+    let body = body();
+    let expected = body_messages(&body).len();
+    let server = AmiServer::start(server_config(body)).await;
+    let port = server.port.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+            .args([
+                "watch",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--username",
+                "bridge",
+            ])
+            .args(["--emit", "events", "--idle-exit", "1"])
+            .env("AMI_SECRET", SECRET)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), expected);
+    assert_eq!(lines.iter().filter(|l| l["event"].is_string()).count(), 702);
+    assert!(!stdout.contains(SECRET) && !String::from_utf8_lossy(&out.stderr).contains(SECRET));
+    // Without the environment variable: a usage error, exit code 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+        .args(["watch", "--username", "bridge"])
+        .env_remove("AMI_SECRET")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}

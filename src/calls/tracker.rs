@@ -121,8 +121,9 @@ const GRACE_DEFAULT: f64 = 2.0;
 const FLUSH_EVERY_MICROS: i64 = 250_000;
 
 /// The events the correlator reads; everything else (CEL, RTCPSent, DeviceStateChange, Cdr,
-/// AGIExec…, about half of a busy PBX's traffic) is dropped before any field is looked at.
-const RELEVANT: [&str; 29] = [
+/// AGIExec…, and Newexten, Newstate, DialState, which add nothing the events above do not
+/// carry: about two thirds of a busy PBX's traffic) is dropped before any field is read.
+const RELEVANT: [&str; 22] = [
     "Newchannel",
     "Hangup",
     "DialBegin",
@@ -145,13 +146,6 @@ const RELEVANT: [&str; 29] = [
     "Shutdown",
     "FullyBooted",
     "NewCallerid",
-    "Newstate",
-    "NewConnectedLine",
-    "Newexten",
-    "DialState",
-    "QueueCallerLeave",
-    "SoftHangupRequest",
-    "Rename",
 ];
 
 /// Header names of a channel snapshot with a given prefix, spelled out once.
@@ -379,8 +373,8 @@ impl Tracker {
             "UserEvent" => self.on_user_event(m, ts),
             "Shutdown" => self.end_everything(ts),
             "FullyBooted" => self.on_fully_booted(m),
-            "NewCallerid" | "Newstate" | "NewConnectedLine" | "Newexten" | "DialState" | "Hold"
-            | "Unhold" | "QueueCallerLeave" | "SoftHangupRequest" | "Rename" => {
+            // An originated channel's caller id arrives here, after its Newchannel.
+            "NewCallerid" => {
                 self.channel(m, &PLAIN, ts);
             }
             _ => {}

@@ -11,14 +11,32 @@ pub struct Micros(pub i64);
 impl Micros {
     /// Parses an AMI `Timestamp:` / CEL `EventTime`-style `<seconds>.<fraction>` value.
     pub fn parse_epoch(text: &[u8]) -> Option<Micros> {
-        let text = std::str::from_utf8(text).ok()?.trim();
-        let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-        let secs: i64 = secs.parse().ok()?;
-        let mut micros = 0i64;
-        for (i, c) in frac.chars().take(6).enumerate() {
-            micros += i64::from(c.to_digit(10)?) * 10i64.pow(5 - i as u32);
+        // Read on every event: plain byte arithmetic, no UTF-8 validation or allocation.
+        let text = text.trim_ascii();
+        let (secs, frac) = match text.iter().position(|&b| b == b'.') {
+            Some(dot) => (&text[..dot], &text[dot + 1..]),
+            None => (text, &text[..0]),
+        };
+        if secs.is_empty() || secs.len() > 12 {
+            return None;
         }
-        Some(Micros(secs * 1_000_000 + micros))
+        let mut seconds: i64 = 0;
+        for &b in secs {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            seconds = seconds * 10 + i64::from(b - b'0');
+        }
+        let mut micros: i64 = 0;
+        for i in 0..6 {
+            let digit = match frac.get(i) {
+                Some(b) if b.is_ascii_digit() => i64::from(b - b'0'),
+                Some(_) => return None,
+                None => 0,
+            };
+            micros = micros * 10 + digit;
+        }
+        Some(Micros(seconds * 1_000_000 + micros))
     }
 
     pub fn seconds_since(self, earlier: Micros) -> f64 {
@@ -148,6 +166,39 @@ pub struct Leg {
 }
 
 /// A finished call, as the CRM will see it.
+#[cfg(test)]
+mod tests {
+    use super::Micros;
+
+    #[test]
+    fn epoch_timestamps() {
+        assert_eq!(
+            Micros::parse_epoch(b"1795465726.916439"),
+            Some(Micros(1_795_465_726_916_439))
+        );
+        assert_eq!(
+            Micros::parse_epoch(b"1795465726.9"),
+            Some(Micros(1_795_465_726_900_000))
+        );
+        assert_eq!(
+            Micros::parse_epoch(b" 1795465726 "),
+            Some(Micros(1_795_465_726_000_000))
+        );
+        assert_eq!(
+            Micros::parse_epoch(b"1795465726.1234567"),
+            Some(Micros(1_795_465_726_123_456))
+        );
+        for bad in [&b""[..], b"abc", b"12.3x", b"-1.0", b"99999999999999"] {
+            assert_eq!(
+                Micros::parse_epoch(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Call {
     pub linkedid: LinkedId,

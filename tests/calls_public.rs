@@ -11,9 +11,7 @@
 
 mod support;
 
-use ami_zoho_bridge::ami::replay::Replay;
-use ami_zoho_bridge::ami::SourceEvent;
-use ami_zoho_bridge::calls::{Call, Micros, Output, Tracker};
+use ami_zoho_bridge::calls::Call;
 use ami_zoho_bridge::config::CallsConfig;
 
 fn wire(json_path: &str) -> Vec<u8> {
@@ -41,21 +39,7 @@ fn wire(json_path: &str) -> Vec<u8> {
 }
 
 fn calls(json_path: &str) -> Vec<Call> {
-    let bytes = wire(json_path);
-    let mut tracker = Tracker::new(CallsConfig::default());
-    let mut out = Vec::new();
-    for ev in Replay::new(&bytes[..]) {
-        if let SourceEvent::Message(m) = ev.expect("decode") {
-            tracker.on_message(&m, Micros(0), &mut out);
-        }
-    }
-    tracker.finish(&mut out);
-    out.into_iter()
-        .filter_map(|o| match o {
-            Output::Finished(c) => Some(*c),
-            Output::Moment(..) => None,
-        })
-        .collect()
+    support::finished_calls(&wire(json_path), CallsConfig::default())
 }
 
 /// (file, status, caller, callee, transfers, why)

@@ -5,30 +5,13 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use ami_zoho_bridge::ami::replay::Replay;
-use ami_zoho_bridge::ami::SourceEvent;
-use ami_zoho_bridge::calls::{Call, Micros, Output, Tracker};
+use ami_zoho_bridge::calls::{Call, Micros};
 use ami_zoho_bridge::config::Config;
 use serde_json::Value;
 
 fn run(capture: &Path, config: &Path) -> Vec<Call> {
     let cfg = Config::load(Some(config)).expect("lab config");
-    let mut tracker = Tracker::new(cfg.calls);
-    let mut out = Vec::new();
-    for ev in Replay::open(capture).expect("capture") {
-        match ev.expect("replay") {
-            SourceEvent::Message(m) => tracker.on_message(&m, Micros(0), &mut out),
-            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
-            _ => {}
-        }
-    }
-    tracker.finish(&mut out);
-    out.into_iter()
-        .filter_map(|o| match o {
-            Output::Finished(c) => Some(*c),
-            Output::Moment(..) => None,
-        })
-        .collect()
+    support::finished_calls(&support::read_capture(capture), cfg.calls)
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {

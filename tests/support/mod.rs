@@ -24,3 +24,30 @@ pub fn read_capture(path: &Path) -> Vec<u8> {
         raw
     }
 }
+
+/// Runs recorded AMI bytes through the call tracker, as `replay --emit calls` does, and
+/// returns the finished calls in end order.
+pub fn finished_calls(
+    bytes: &[u8],
+    cfg: ami_zoho_bridge::config::CallsConfig,
+) -> Vec<ami_zoho_bridge::calls::Call> {
+    use ami_zoho_bridge::ami::replay::Replay;
+    use ami_zoho_bridge::ami::SourceEvent;
+    use ami_zoho_bridge::calls::{Micros, Output, Tracker};
+    let mut tracker = Tracker::new(cfg);
+    let mut out = Vec::new();
+    for ev in Replay::new(bytes) {
+        match ev.expect("decode") {
+            SourceEvent::Message(m) => tracker.on_message(&m, Micros(0), &mut out),
+            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
+            _ => {}
+        }
+    }
+    tracker.finish(&mut out);
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::Finished(c) => Some(*c),
+            Output::Moment(..) => None,
+        })
+        .collect()
+}

@@ -145,6 +145,9 @@ pub struct CallsConfig {
     pub max_call_age_seconds: f64,
     /// Time zone for Zoho times.
     pub timezone: String,
+    /// The PBX's own zone, for times it writes without one (CEL `EventTime`) when events carry
+    /// no `Timestamp:` (manager.conf without `timestampevents = yes`).
+    pub pbx_timezone: String,
     /// Country for phone normalisation (ISO 3166 alpha-2).
     pub default_country: String,
     /// Emit live moments (ring, answer, hangup, reject) as well as finished calls.
@@ -174,6 +177,7 @@ impl Default for CallsConfig {
             grace_seconds: 2.0,
             max_call_age_seconds: 12.0 * 3600.0,
             timezone: "UTC".into(),
+            pbx_timezone: "UTC".into(),
             default_country: "IT".into(),
             emit_moments: false,
             agents: BTreeMap::new(),

@@ -214,3 +214,33 @@ fn moments_ring_reject_answer_hangup_in_order() {
     );
     assert_eq!(finished(&out).len(), 1);
 }
+
+/// A PBX without `timestampevents = yes`: replayed times come from CEL `EventTime` (whole
+/// seconds), so they are within two seconds of what happened, and the rest is unchanged.
+#[test]
+fn without_timestamps_replay_uses_cel_event_time() {
+    let dir = support::root().join("fixtures/ami-real");
+    let data = support::read_capture(&dir.join("inbound-answered-agent-hangup.ami"));
+    let text = String::from_utf8_lossy(&data);
+    let stripped: String = text
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("Timestamp: "))
+        .collect();
+    assert!(!stripped.contains("Timestamp: 17"));
+    let calls = support::finished_calls(stripped.as_bytes(), lab_config());
+    let t = truth("inbound-answered-agent-hangup.truth.json");
+    let tc = &t["calls"][0];
+    assert_eq!(calls.len(), 1);
+    let c = &calls[0];
+    assert_eq!(c.status.as_str(), "answered");
+    for (want, got) in [
+        (&tc["start_time"], Some(c.started_at)),
+        (&tc["answer_time"], c.answered_at),
+        (&tc["end_time"], Some(c.ended_at)),
+    ] {
+        let want: jiff::Timestamp = want.as_str().and_then(|s| s.parse().ok()).expect("time");
+        let got = got.expect("time").0 as f64 / 1e6;
+        let diff = (got - want.as_microsecond() as f64 / 1e6).abs();
+        assert!(diff <= 2.0, "{want} vs {got}: {diff} s");
+    }
+}

@@ -217,6 +217,7 @@ impl Tracker {
         let ts = m
             .get("Timestamp")
             .and_then(Micros::parse_epoch)
+            .or_else(|| self.event_time(m))
             .unwrap_or(if arrival.0 > 0 { arrival } else { self.now });
         if ts > self.now {
             self.now = ts;
@@ -232,6 +233,22 @@ impl Tracker {
         if self.now.0 - self.last_flush.0 >= FLUSH_EVERY_MICROS {
             self.flush_due(out);
         }
+    }
+
+    /// Without `timestampevents`, the best time a recorded stream carries: CEL's `EventTime`
+    /// (`YYYY-MM-DD HH:MM:SS[.ffffff]` in the PBX's zone, `calls.pbx_timezone`). Events without
+    /// it take the last time seen, so replayed times are good to a second or two.
+    fn event_time(&self, m: &Message) -> Option<Micros> {
+        let text = std::str::from_utf8(m.get("EventTime")?).ok()?.trim();
+        if let Some(epoch) = Micros::parse_epoch(text.as_bytes()) {
+            return Some(epoch);
+        }
+        let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+        let civil = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", whole).ok()?;
+        let tz = jiff::tz::TimeZone::get(&self.cfg.pbx_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+        let second = civil.to_zoned(tz).ok()?.timestamp().as_second();
+        let micros = Micros::parse_epoch(format!("0.{frac}").as_bytes()).map_or(0, |m| m.0);
+        Some(Micros(second * 1_000_000 + micros))
     }
 
     /// A new AMI session after a drop: events in the gap are lost. Calls that spanned it are

@@ -244,3 +244,17 @@ fn without_timestamps_replay_uses_cel_event_time() {
         assert!(diff <= 2.0, "{want} vs {got}: {diff} s");
     }
 }
+
+/// The example configuration shipped in `config/` loads and validates as it is.
+#[test]
+fn example_config_loads() {
+    let cfg = Config::load(Some(
+        &support::root().join("config/ami-zoho-bridge.example.toml"),
+    ))
+    .expect("example config");
+    assert_eq!(cfg.triggers.len(), 2);
+    assert_eq!(
+        cfg.calls.agents.get("1002").map(String::as_str),
+        Some("anna.bianchi@example.com")
+    );
+}

@@ -228,12 +228,40 @@ impl Config {
         if !(c.max_call_age_seconds.is_finite() && c.max_call_age_seconds > 0.0) {
             return Err("key calls.max_call_age_seconds: must be positive".into());
         }
-        if c.timezone != "UTC" && jiff::tz::TimeZone::get(&c.timezone).is_err() {
-            return Err(format!(
-                "key calls.timezone: unknown time zone '{}'",
-                c.timezone
-            ));
+        for (key, zone) in [("timezone", &c.timezone), ("pbx_timezone", &c.pbx_timezone)] {
+            if zone != "UTC" && jiff::tz::TimeZone::get(zone).is_err() {
+                return Err(format!("key calls.{key}: unknown time zone '{zone}'"));
+            }
         }
+        for (name, account) in &self.zoho.accounts {
+            let key = format!("zoho.accounts.{name}");
+            if let Some(dc) = &account.dc {
+                if dc.parse::<crate::zoho::DataCenter>().is_err() {
+                    return Err(format!(
+                        "key {key}.dc: unknown data center '{dc}' (com, eu, in, com.au, jp, com.cn, ca, sa, uk)"
+                    ));
+                }
+            } else if account.accounts_url.is_none() || account.api_domain.is_none() {
+                return Err(format!(
+                    "key {key}: set dc, or both accounts_url and api_domain"
+                ));
+            }
+            if account.client_id.is_empty() {
+                return Err(format!("key {key}.client_id: missing"));
+            }
+        }
+        for (name, conf) in &self.zoho.configurations {
+            let key = format!("zoho.configurations.{name}");
+            if !self.zoho.accounts.contains_key(&conf.account) {
+                return Err(format!(
+                    "key {key}.account: no account '{}' under [zoho.accounts]",
+                    conf.account
+                ));
+            }
+            crate::zoho::activity::Templates::compile(conf)
+                .map_err(|e| format!("key {key}.{e}"))?;
+        }
+        crate::triggers::validate(&self.triggers, &self.zoho)?;
         Ok(())
     }
 }

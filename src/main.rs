@@ -271,10 +271,6 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn write_calls(out: &mut impl Write, outputs: &mut Vec<Output>) -> anyhow::Result<()> {
-    write_outputs(out, outputs, None)
-}
-
 /// Finished calls as JSON lines, or with a renderer, the activities they would create.
 fn write_outputs(
     out: &mut impl Write,
@@ -376,6 +372,10 @@ async fn watch(
     let (_client, mut events) = AmiClient::connect(cfg).await?;
     let mut out = io::stdout();
     let mut tracker = Tracker::new(bridge.calls.clone());
+    let renderer = match emit {
+        Emit::Activities => Some(commands::Renderer::new(bridge)?),
+        _ => None,
+    };
     let mut outputs = Vec::new();
     loop {
         let next = match idle_exit {
@@ -398,7 +398,7 @@ async fn watch(
                 Emit::Calls | Emit::Activities => {
                     let now = Micros(jiff::Timestamp::now().as_microsecond());
                     tracker.on_message(&m, now, &mut outputs);
-                    write_calls(&mut out, &mut outputs)?;
+                    write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
                     out.flush()?;
                 }
             },

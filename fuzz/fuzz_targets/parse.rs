@@ -11,7 +11,7 @@ fn decode(data: &[u8], chunk: usize, max: usize) -> Vec<Vec<(Vec<u8>, Vec<u8>)>>
     let mut codec = AmiCodec::new(max);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    let mut push = |f: Frame, out: &mut Vec<_>| {
+    let push = |f: Frame, out: &mut Vec<_>| {
         if let Frame::Message(m) = f {
             out.push(m.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect());
         }

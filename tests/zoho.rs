@@ -279,6 +279,11 @@ async fn refresh_throttle_is_a_clear_transient_error() {
         .expect_err("third token in the window is refused");
     assert_eq!(err.retry(), Retry::Transient);
     assert!(err.to_string().contains("too many token requests"), "{err}");
+    // Backing off: asking again at once does not reach Zoho (each try would count).
+    let before = lab.sim.stats().token_requests;
+    let again = oauth.access().await.expect_err("still backing off");
+    assert!(again.to_string().contains("next try in"), "{again}");
+    assert_eq!(lab.sim.stats().token_requests, before);
 }
 
 #[tokio::test]

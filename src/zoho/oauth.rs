@@ -102,6 +102,8 @@ pub struct OAuth {
     client_secret: Secret,
     store: TokenFile,
     state: Mutex<Option<StoredTokens>>,
+    /// Until when refreshes are held back after a throttle answer, and the current wait.
+    throttle: Mutex<Option<(tokio::time::Instant, Duration)>>,
     refresh_margin: Duration,
 }
 
@@ -156,6 +158,22 @@ pub fn client_secret(account: &str, cfg: &AccountConfig) -> Result<Secret, ZohoE
     )))
 }
 
+/// First and longest wait after Zoho refused a refresh for too many requests.
+const THROTTLE_BACKOFF_MIN: Duration = Duration::from_secs(30);
+const THROTTLE_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+fn throttled(until: tokio::time::Instant) -> ZohoError {
+    let left = until.saturating_duration_since(tokio::time::Instant::now());
+    ZohoError::OAuth {
+        code: "Access Denied".into(),
+        message: format!(
+            "too many token requests: Zoho allows ten per refresh token per ten minutes; next try in {} s",
+            left.as_secs().max(1)
+        ),
+        retry: Retry::Transient,
+    }
+}
+
 fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -181,6 +199,7 @@ impl OAuth {
             client_secret: client_secret(account, cfg)?,
             store,
             state: Mutex::new(None),
+            throttle: Mutex::new(None),
             refresh_margin: Duration::from_secs(60),
         })
     }
@@ -230,6 +249,16 @@ impl OAuth {
             _ => false,
         };
         if !fresh {
+            // After a throttle answer, wait before asking again: every refused request still
+            // counts against Zoho's ten-per-ten-minutes window.
+            {
+                let backoff = self.throttle.lock().await;
+                if let Some((until, _)) = *backoff {
+                    if tokio::time::Instant::now() < until {
+                        return Err(throttled(until));
+                    }
+                }
+            }
             // The lock is held across the refresh: concurrent callers wait for this one.
             let answer = self
                 .token_request(&[
@@ -238,7 +267,20 @@ impl OAuth {
                     ("client_secret", self.client_secret.expose()),
                     ("refresh_token", tokens.refresh_token.expose()),
                 ])
-                .await?;
+                .await;
+            let answer = match answer {
+                Err(e) if e.retry() == Retry::Transient && e.code() == Some("Access Denied") => {
+                    let mut backoff = self.throttle.lock().await;
+                    let wait = backoff.map_or(THROTTLE_BACKOFF_MIN, |(_, w)| {
+                        (w * 2).min(THROTTLE_BACKOFF_MAX)
+                    });
+                    *backoff = Some((tokio::time::Instant::now() + wait, wait));
+                    tracing::warn!(account = %self.account, wait_seconds = wait.as_secs(), "Zoho refused a token refresh (too many requests): backing off");
+                    return Err(e);
+                }
+                other => other?,
+            };
+            *self.throttle.lock().await = None;
             *tokens = self.tokens_from(&answer, tokens.refresh_token.clone());
             self.store.save(tokens)?;
             tracing::debug!(account = %self.account, "Zoho access token refreshed");

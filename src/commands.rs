@@ -13,7 +13,7 @@ use serde_json::json;
 use ami_zoho_bridge::calls::Call;
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::triggers::{On, Rules};
-use ami_zoho_bridge::zoho::activity::{render_call, render_task, Templates};
+use ami_zoho_bridge::zoho::activity::{self, render_call, render_task, Templates};
 use ami_zoho_bridge::zoho::api::ZohoApi;
 use ami_zoho_bridge::zoho::oauth::OAuth;
 use ami_zoho_bridge::zoho::sim::{self, SimHandle, SimLimits};
@@ -60,10 +60,15 @@ impl Renderer {
                     ) else {
                         continue;
                     };
+                    let style = activity::Renderer {
+                        conf,
+                        templates: t,
+                        tz: &self.tz,
+                    };
                     let record = if module == "Calls" {
-                        render_call(call, &trigger.name, conf, t, &self.tz, None)
+                        render_call(style, call, &trigger.name, None)
                     } else {
-                        render_task(call, &trigger.name, conf, t, &self.tz, None)
+                        render_task(style, call, &trigger.name, None)
                     }
                     .map_err(|e| anyhow::anyhow!("rendering {name} for {}: {e}", call.linkedid))?;
                     out.push(json!({ "linkedid": call.linkedid, "trigger": trigger.name, "module": module, "record": record }));

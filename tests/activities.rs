@@ -11,7 +11,7 @@ use serde_json::Value;
 
 fn dry_run(lab: &str, capture: &str) -> Vec<Value> {
     let dir = support::root().join("fixtures").join(lab);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+    let out = support::bridge()
         .arg("replay")
         .arg(dir.join(capture))
         .arg("--config")
@@ -19,19 +19,10 @@ fn dry_run(lab: &str, capture: &str) -> Vec<Value> {
         .args(["--emit", "activities"])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    support::success_stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect()
-}
-
-fn mmss(secs: i64) -> i64 {
-    secs
 }
 
 fn parse_mmss(s: &str) -> i64 {
@@ -113,7 +104,7 @@ fn check_lab(lab: &str) {
                 let talk = t["talk_seconds"].as_i64().expect("talk");
                 let got = parse_mmss(r["Call_Duration"].as_str().expect("duration"));
                 assert!(
-                    (got - mmss(talk)).abs() <= 1,
+                    (got - talk).abs() <= 1,
                     "{capture} {id}: duration {got} vs talk {talk}"
                 );
             }

@@ -232,7 +232,7 @@ async fn watch_prints_every_message_and_exits_when_idle() {
     let server = AmiServer::start(server_config(body)).await;
     let port = server.port.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+        support::bridge()
             .args([
                 "watch",
                 "--host",
@@ -249,12 +249,7 @@ async fn watch_prints_every_message_and_exits_when_idle() {
     })
     .await
     .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = support::success_stdout(&out);
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -263,7 +258,7 @@ async fn watch_prints_every_message_and_exits_when_idle() {
     assert_eq!(lines.iter().filter(|l| l["event"].is_string()).count(), 702);
     assert!(!stdout.contains(SECRET) && !String::from_utf8_lossy(&out.stderr).contains(SECRET));
     // Without the environment variable: a usage error, exit code 2.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+    let out = support::bridge()
         .args(["watch", "--username", "bridge"])
         .env_remove("AMI_SECRET")
         .output()

@@ -179,7 +179,7 @@ fn bad_configuration_names_file_trigger_and_key() {
     for (i, (extra, words)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));
         std::fs::write(&path, format!("{base}\n{extra}")).expect("write");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+        let out = support::bridge()
             .arg("replay")
             .arg(&capture)
             .arg("--config")

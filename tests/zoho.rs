@@ -526,7 +526,7 @@ async fn cli_authorize_and_test_name_a_missing_scope() {
     };
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+            support::bridge()
                 .args(&args)
                 .env("TEST_ZOHO_SECRET", CLIENT_SECRET)
                 .output()
@@ -557,11 +557,7 @@ async fn cli_authorize_and_test_name_a_missing_scope() {
         ])
         .await
         .expect("join");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::success_stdout(&out);
         let out = run(vec![
             "zoho".into(),
             "test".into(),
@@ -653,7 +649,7 @@ async fn rendered_lab_calls_are_accepted_and_pass_the_schema() {
     use ami_zoho_bridge::ami::SourceEvent;
     use ami_zoho_bridge::calls::{Micros, Output, Tracker};
     use ami_zoho_bridge::config::Config;
-    use ami_zoho_bridge::zoho::activity::{render_call, Lookups, Templates};
+    use ami_zoho_bridge::zoho::activity::{render_call, Lookups, Renderer, Templates};
 
     let lab = Lab::start(sim::demo_seed(), SimLimits::default()).await;
     let (_, api) = lab.authorized().await;
@@ -694,8 +690,17 @@ async fn rendered_lab_calls_are_accepted_and_pass_the_schema() {
                 .map(|m| m.id.clone()),
         };
         records.push(
-            render_call(&call, "every call", conf, &templates, &tz, Some(&lookups))
-                .expect("render"),
+            render_call(
+                Renderer {
+                    conf,
+                    templates: &templates,
+                    tz: &tz,
+                },
+                &call,
+                "every call",
+                Some(&lookups),
+            )
+            .expect("render"),
         );
     }
     assert_eq!(records.len(), 5);

@@ -120,15 +120,27 @@ pub fn template_context(call: &Call, trigger: &str, tz: &jiff::tz::TimeZone) -> 
     ctx
 }
 
+/// What a configuration needs to render records: its settings, its parsed templates, and the
+/// time zone of the times sent to Zoho.
+#[derive(Clone, Copy)]
+pub struct Renderer<'a> {
+    pub conf: &'a ActivityConfig,
+    pub templates: &'a Templates,
+    pub tz: &'a jiff::tz::TimeZone,
+}
+
 /// The Call record for `call` as fired by `trigger`.
 pub fn render_call(
+    r: Renderer<'_>,
     call: &Call,
     trigger: &str,
-    conf: &ActivityConfig,
-    templates: &Templates,
-    tz: &jiff::tz::TimeZone,
     lookups: Option<&Lookups>,
 ) -> Result<Map<String, Value>, String> {
+    let Renderer {
+        conf,
+        templates,
+        tz,
+    } = r;
     let ctx = template_context(call, trigger, tz);
     let call_type = CallType::of(call);
     let mut r = Map::new();
@@ -193,13 +205,16 @@ pub fn render_call(
 
 /// The follow-up Task (e.g. call back an abandoned caller) for `call`.
 pub fn render_task(
+    r: Renderer<'_>,
     call: &Call,
     trigger: &str,
-    conf: &ActivityConfig,
-    templates: &Templates,
-    tz: &jiff::tz::TimeZone,
     lookups: Option<&Lookups>,
 ) -> Result<Map<String, Value>, String> {
+    let Renderer {
+        conf,
+        templates,
+        tz,
+    } = r;
     let ctx = template_context(call, trigger, tz);
     let mut r = Map::new();
     r.insert(

@@ -51,3 +51,18 @@ pub fn finished_calls(
         })
         .collect()
 }
+
+/// The project's binary, as a command to run.
+pub fn bridge() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
+}
+
+/// Asserts the command succeeded (showing its stderr if not) and returns its stdout.
+pub fn success_stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,6 +1,5 @@
 //! Commands of the binary that talk to Zoho or render activities.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,76 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::json;
 
-use ami_zoho_bridge::calls::Call;
 use ami_zoho_bridge::config::Config;
-use ami_zoho_bridge::triggers::{On, Rules};
-use ami_zoho_bridge::zoho::activity::{self, render_call, render_task, Templates};
 use ami_zoho_bridge::zoho::api::ZohoApi;
 use ami_zoho_bridge::zoho::oauth::OAuth;
 use ami_zoho_bridge::zoho::sim::{self, SimHandle, SimLimits};
 
 use crate::UsageError;
-
-/// Everything needed to turn finished calls into records, checked once.
-pub struct Renderer {
-    rules: Rules,
-    templates: BTreeMap<String, Templates>,
-    tz: jiff::tz::TimeZone,
-    cfg: Config,
-}
-
-impl Renderer {
-    pub fn new(cfg: &Config) -> anyhow::Result<Renderer> {
-        let rules = Rules::new(&cfg.triggers, Some(&cfg.zoho)).map_err(UsageError)?;
-        let mut templates = BTreeMap::new();
-        for (name, conf) in &cfg.zoho.configurations {
-            let t = Templates::compile(conf)
-                .map_err(|e| UsageError(format!("key zoho.configurations.{name}.{e}")))?;
-            templates.insert(name.clone(), t);
-        }
-        let tz = jiff::tz::TimeZone::get(&cfg.calls.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-        Ok(Renderer {
-            rules,
-            templates,
-            tz,
-            cfg: cfg.clone(),
-        })
-    }
-
-    /// The dry-run lines for one finished call: every record its end triggers would send,
-    /// without the fields that need a Zoho lookup.
-    pub fn dry_run(&self, call: &Call) -> anyhow::Result<Vec<serde_json::Value>> {
-        let mut out = Vec::new();
-        for trigger in self.rules.fire(call, On::End) {
-            for action in &trigger.actions {
-                for (module, name) in [("Calls", &action.zoho_call), ("Tasks", &action.zoho_task)] {
-                    let Some(name) = name else { continue };
-                    let (Some(conf), Some(t)) = (
-                        self.cfg.zoho.configurations.get(name),
-                        self.templates.get(name),
-                    ) else {
-                        continue;
-                    };
-                    let style = activity::Renderer {
-                        conf,
-                        templates: t,
-                        tz: &self.tz,
-                    };
-                    let record = if module == "Calls" {
-                        render_call(style, call, &trigger.name, None)
-                    } else {
-                        render_task(style, call, &trigger.name, None)
-                    }
-                    .map_err(|e| anyhow::anyhow!("rendering {name} for {}: {e}", call.linkedid))?;
-                    out.push(json!({ "linkedid": call.linkedid, "trigger": trigger.name, "module": module, "record": record }));
-                }
-            }
-        }
-        Ok(out)
-    }
-}
 
 fn http_client(timeout: f64) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
@@ -194,5 +130,92 @@ pub async fn run_sim(listen: SocketAddr, seed: Option<&Path>) -> anyhow::Result<
         handle.addr
     );
     tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// `replay FILE --deliver`: the daemon's stages on a recorded capture, then wait for the
+/// outbox to drain and print a summary line.
+pub async fn replay_deliver(
+    file: &Path,
+    cfg: Config,
+    speed: Option<f64>,
+    wait: f64,
+) -> anyhow::Result<()> {
+    use ami_zoho_bridge::ami::replay::Replay;
+    use ami_zoho_bridge::ami::SourceEvent;
+    use ami_zoho_bridge::calls::Micros;
+    use ami_zoho_bridge::daemon::{tracker_for, Bridge};
+    use tokio_util::sync::CancellationToken;
+
+    let bridge = Bridge::start(&cfg).await.map_err(|e| match e {
+        ami_zoho_bridge::daemon::DaemonError::Config(m) => UsageError(m).into(),
+        other => anyhow::Error::from(other),
+    })?;
+    let stop = CancellationToken::new();
+    let workers = bridge.delivery.spawn(stop.clone());
+    let replay =
+        Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
+    let mut tracker = tracker_for(&cfg);
+    let mut outputs = Vec::new();
+    let never = CancellationToken::new();
+    let pace = speed.filter(|s| s.is_finite() && *s > 0.0);
+    let started = std::time::Instant::now();
+    let mut first_ts: Option<i64> = None;
+    let mut calls = 0usize;
+    for event in replay {
+        match event? {
+            SourceEvent::Message(m) => {
+                if let (Some(x), Some(ts)) =
+                    (pace, m.get("Timestamp").and_then(Micros::parse_epoch))
+                {
+                    let t0 = *first_ts.get_or_insert(ts.0);
+                    let due = Duration::from_secs_f64(((ts.0 - t0).max(0) as f64 / 1e6) / x);
+                    if let Some(sleep) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(sleep).await;
+                    }
+                }
+                tracker.on_message(&m, Micros(0), &mut outputs);
+            }
+            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
+            _ => {}
+        }
+        calls += outputs
+            .iter()
+            .filter(|o| matches!(o, ami_zoho_bridge::calls::Output::Finished(_)))
+            .count();
+        bridge.handle("replay", &mut outputs, &never).await;
+    }
+    tracker.finish(&mut outputs);
+    calls += outputs
+        .iter()
+        .filter(|o| matches!(o, ami_zoho_bridge::calls::Output::Finished(_)))
+        .count();
+    bridge.handle("replay", &mut outputs, &never).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+    let stats = loop {
+        let s = bridge.store.outbox_stats().await?;
+        if s.pending == 0 || std::time::Instant::now() >= deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    futures::future::join_all(workers).await;
+    bridge.store.close().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "calls": calls,
+            "delivered": stats.delivered,
+            "failed": stats.failed,
+            "pending": stats.pending,
+        })
+    );
+    if stats.pending > 0 {
+        anyhow::bail!(
+            "{} record(s) still pending after {wait} s (they stay in the outbox)",
+            stats.pending
+        );
+    }
     Ok(())
 }

@@ -20,6 +20,156 @@ pub struct Config {
     pub agents: BTreeMap<String, String>,
     pub zoho: ZohoConfig,
     pub triggers: Vec<crate::triggers::Trigger>,
+    /// `[[pbx]]`: the Asterisk servers to read, one AMI session each.
+    pub pbx: Vec<PbxConfig>,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    pub http: HttpConfig,
+    pub agi: AgiConfig,
+}
+
+/// `[[pbx]]`: one Asterisk Manager Interface to read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PbxConfig {
+    /// Names the PBX in the store (calls are keyed by PBX and Linkedid).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub secret: Option<crate::secret::Secret>,
+    /// Name of the environment variable holding the AMI secret.
+    pub secret_env: Option<String>,
+    /// md5 (challenge, the secret never crosses the wire) or plain.
+    pub auth: crate::ami::AuthMethod,
+    /// Seconds between keepalive `Ping`s.
+    pub ping_seconds: f64,
+}
+
+impl Default for PbxConfig {
+    fn default() -> Self {
+        PbxConfig {
+            name: "pbx".into(),
+            host: "127.0.0.1".into(),
+            port: 5038,
+            username: String::new(),
+            secret: None,
+            secret_env: None,
+            auth: crate::ami::AuthMethod::Md5,
+            ping_seconds: 20.0,
+        }
+    }
+}
+
+impl PbxConfig {
+    /// The AMI secret: inline, or from the environment variable `secret_env` names.
+    pub fn secret(&self, index: usize) -> Result<crate::secret::Secret, String> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        let Some(var) = &self.secret_env else {
+            return Err(format!(
+                "key pbx[{index}].secret_env: give secret_env (or secret)"
+            ));
+        };
+        std::env::var(var)
+            .map(crate::secret::Secret::new)
+            .map_err(|_| {
+                format!("key pbx[{index}].secret_env: environment variable {var} is not set")
+            })
+    }
+}
+
+/// `[store]`: where calls and the outbox live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created on first run) or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://ami-zoho-bridge.db".into(),
+        }
+    }
+}
+
+/// `[delivery]`: how the outbox is worked off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Concurrent delivery workers in this process.
+    pub workers: usize,
+    /// Rows one worker leases at a time (sent in one insert of up to 100 records).
+    pub batch_size: usize,
+    /// How long a lease holds: a bridge that dies holding rows gives them up after this.
+    pub lease_seconds: f64,
+    /// First retry delay; doubled each attempt up to `backoff_max_seconds`, with jitter.
+    pub backoff_initial_seconds: f64,
+    pub backoff_max_seconds: f64,
+    /// After this many attempts a row is parked as failed (0: never).
+    pub max_attempts: u32,
+    /// How often idle workers look for due rows written by other bridges.
+    pub poll_seconds: f64,
+    /// This bridge's name in leases (default: host name and process id).
+    pub instance: Option<String>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            workers: 2,
+            batch_size: 50,
+            lease_seconds: 60.0,
+            backoff_initial_seconds: 1.0,
+            backoff_max_seconds: 300.0,
+            max_attempts: 0,
+            poll_seconds: 1.0,
+            instance: None,
+        }
+    }
+}
+
+/// `[http]`: health, metrics, the search API and page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve on; empty turns the server off.
+    pub listen: String,
+    /// Bearer token for the API and page (inline, for tests) or from `token_env`.
+    pub token: Option<crate::secret::Secret>,
+    pub token_env: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8089".into(),
+            token: None,
+            token_env: Some("AZB_HTTP_TOKEN".into()),
+        }
+    }
+}
+
+/// `[agi]`: the FastAGI server for the dialplan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgiConfig {
+    /// Address to serve on; empty turns the server off.
+    pub listen: String,
+    /// The account used for caller lookups.
+    pub account: Option<String>,
+}
+
+impl Default for AgiConfig {
+    fn default() -> Self {
+        AgiConfig {
+            listen: "127.0.0.1:4573".into(),
+            account: None,
+        }
+    }
 }
 
 /// `[zoho]`: accounts (OAuth clients) and configurations (what a Call activity looks like).
@@ -262,6 +412,73 @@ impl Config {
                 .map_err(|e| format!("key {key}.{e}"))?;
         }
         crate::triggers::validate(&self.triggers, &self.zoho)?;
+        self.validate_runtime()
+    }
+
+    fn validate_runtime(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.pbx.iter().enumerate() {
+            if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
+                return Err(format!(
+                    "key pbx[{i}].name: empty or used twice ('{}')",
+                    p.name
+                ));
+            }
+            if p.username.is_empty() {
+                return Err(format!("key pbx[{i}].username: missing"));
+            }
+            if !(p.ping_seconds.is_finite() && p.ping_seconds > 0.0) {
+                return Err(format!("key pbx[{i}].ping_seconds: must be positive"));
+            }
+        }
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "key store.url: '{}' is neither sqlite://PATH nor postgres://...",
+                crate::store::redact_url(url)
+            ));
+        }
+        let d = &self.delivery;
+        if d.workers == 0 || d.workers > 64 {
+            return Err("key delivery.workers: between 1 and 64".into());
+        }
+        if d.batch_size == 0 || d.batch_size > 100 {
+            return Err(
+                "key delivery.batch_size: between 1 and 100 (Zoho's limit per insert)".into(),
+            );
+        }
+        for (key, v) in [
+            ("lease_seconds", d.lease_seconds),
+            ("backoff_initial_seconds", d.backoff_initial_seconds),
+            ("backoff_max_seconds", d.backoff_max_seconds),
+            ("poll_seconds", d.poll_seconds),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!(
+                    "key delivery.{key}: must be a positive number of seconds"
+                ));
+            }
+        }
+        for (key, listen) in [
+            ("http.listen", &self.http.listen),
+            ("agi.listen", &self.agi.listen),
+        ] {
+            if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!(
+                    "key {key}: '{listen}' is not an address like 127.0.0.1:8089"
+                ));
+            }
+        }
+        if let Some(a) = &self.agi.account {
+            if !self.zoho.accounts.contains_key(a) {
+                return Err(format!(
+                    "key agi.account: no account '{a}' under [zoho.accounts]"
+                ));
+            }
+        }
         Ok(())
     }
 }

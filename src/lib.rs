@@ -6,7 +6,11 @@
 pub mod ami;
 pub mod calls;
 pub mod config;
+pub mod daemon;
+pub mod delivery;
 pub mod phone;
+pub mod pipeline;
 pub mod secret;
+pub mod store;
 pub mod triggers;
 pub mod zoho;

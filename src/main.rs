@@ -12,6 +12,7 @@ use ami_zoho_bridge::ami::replay::Replay;
 use ami_zoho_bridge::ami::{AmiClient, AuthMethod, ClientConfig, SourceEvent};
 use ami_zoho_bridge::calls::{Micros, Output, Tracker};
 use ami_zoho_bridge::config::Config;
+use ami_zoho_bridge::pipeline::Pipeline;
 use ami_zoho_bridge::secret::Secret;
 
 mod commands;
@@ -58,6 +59,27 @@ enum Command {
         /// What to print, one JSON object per line.
         #[arg(long, value_enum, default_value_t = Emit::Events)]
         emit: Emit,
+        /// Run the full pipeline instead: store (store.url), triggers, delivery to Zoho.
+        #[arg(long, requires = "config")]
+        deliver: bool,
+        /// With --deliver: replay at this multiple of the recorded pace (default: as fast as possible).
+        #[arg(long, value_name = "X")]
+        speed: Option<f64>,
+        /// With --deliver: after the capture, wait at most this long for the outbox to drain.
+        #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+        wait: f64,
+    },
+    /// Run the bridge: read every [[pbx]], store calls, deliver to Zoho, until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
+    },
+    /// Inspect and retry the outbox (the records waiting for, sent to or refused by Zoho).
+    Outbox {
+        #[arg(long, default_value = "ami-zoho-bridge.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: OutboxCommand,
     },
     /// Connect to a live AMI and print what arrives, across reconnects. Secret from AMI_SECRET.
     Watch {
@@ -134,6 +156,37 @@ enum ZohoCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Rows, newest first.
+    List {
+        /// Only rows in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per row instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row in full, with the record that is (or was) sent.
+    Show { id: i64 },
+    /// Send failed rows again: one by id, or all with --all-failed.
+    Retry {
+        #[arg(required_unless_present = "all_failed")]
+        id: Option<i64>,
+        #[arg(long)]
+        all_failed: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Pending,
+    Delivered,
+    Failed,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum AuthArg {
     Plain,
@@ -166,7 +219,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -175,7 +229,33 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Replay { file, config, emit } => replay(&file, config.as_deref(), emit),
+        Command::Replay {
+            file,
+            config,
+            deliver: true,
+            speed,
+            wait,
+            ..
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::replay_deliver(&file, cfg, speed, wait))
+        }
+        Command::Replay {
+            file, config, emit, ..
+        } => replay(&file, config.as_deref(), emit),
+        Command::Run { config } => {
+            let cfg = load_config(Some(&config))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime
+                .block_on(ami_zoho_bridge::daemon::run(cfg))
+                .map_err(daemon_error)
+        }
+        Command::Outbox { config, command } => {
+            let cfg = load_config(Some(&config))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(outbox(&cfg, command))
+        }
         Command::Zoho { command } => {
             let runtime = tokio::runtime::Runtime::new()?;
             match command {
@@ -236,6 +316,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Configuration problems found at start exit with code 2, like a bad file.
+fn daemon_error(e: ami_zoho_bridge::daemon::DaemonError) -> anyhow::Error {
+    match e {
+        ami_zoho_bridge::daemon::DaemonError::Config(m) => UsageError(m).into(),
+        other => other.into(),
+    }
+}
+
+async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<()> {
+    use ami_zoho_bridge::store::{OutboxState, Store};
+    let store = Store::open(&cfg.store.url).await?;
+    let mut out = io::stdout().lock();
+    match command {
+        OutboxCommand::List { state, limit, json } => {
+            let state = state.map(|s| match s {
+                StateArg::Pending => OutboxState::Pending,
+                StateArg::Delivered => OutboxState::Delivered,
+                StateArg::Failed => OutboxState::Failed,
+            });
+            let rows = store.outbox_list(state, limit).await?;
+            if json {
+                for r in &rows {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:>6}  {:<9}  {:>3}  {:<22}  {:<24}  {:<20}  last error",
+                    "id", "state", "try", "linkedid", "trigger", "zoho id"
+                )?;
+                for r in &rows {
+                    writeln!(
+                        out,
+                        "{:>6}  {:<9}  {:>3}  {:<22}  {:<24}  {:<20}  {}",
+                        r.id,
+                        r.state,
+                        r.attempts,
+                        r.linkedid,
+                        r.trigger,
+                        r.zoho_id.as_deref().unwrap_or("-"),
+                        r.last_error.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        OutboxCommand::Show { id } => match store.outbox_show(id).await? {
+            Some(r) => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
+            None => return Err(UsageError(format!("no outbox row {id}")).into()),
+        },
+        OutboxCommand::Retry { id, all_failed } => {
+            let n = store
+                .outbox_retry(if all_failed { None } else { id })
+                .await?;
+            writeln!(out, "{n} row(s) queued again")?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| UsageError(e.to_string()).into())
 }
@@ -248,7 +388,7 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
     let mut out = BufWriter::new(stdout.lock());
     let mut tracker = Tracker::new(cfg.calls.clone());
     let renderer = match emit {
-        Emit::Activities => Some(commands::Renderer::new(&cfg)?),
+        Emit::Activities => Some(Pipeline::new(&cfg).map_err(UsageError)?),
         _ => None,
     };
     let mut outputs = Vec::new();
@@ -275,14 +415,14 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
 fn write_outputs(
     out: &mut impl Write,
     outputs: &mut Vec<Output>,
-    renderer: Option<&commands::Renderer>,
+    renderer: Option<&Pipeline>,
 ) -> anyhow::Result<()> {
     for o in outputs.drain(..) {
         if let Output::Finished(call) = o {
             match renderer {
                 None => writeln!(out, "{}", serde_json::to_string(&call)?)?,
                 Some(r) => {
-                    for line in r.dry_run(&call)? {
+                    for line in r.dry_run(&call).map_err(anyhow::Error::msg)? {
                         writeln!(out, "{line}")?;
                     }
                 }
@@ -373,7 +513,7 @@ async fn watch(
     let mut out = io::stdout();
     let mut tracker = Tracker::new(bridge.calls.clone());
     let renderer = match emit {
-        Emit::Activities => Some(commands::Renderer::new(bridge)?),
+        Emit::Activities => Some(Pipeline::new(bridge).map_err(UsageError)?),
         _ => None,
     };
     let mut outputs = Vec::new();

@@ -36,6 +36,7 @@ fn server_config(body: Vec<u8>) -> ServerConfig {
         body,
         answer_ping: true,
         cut_at: None,
+        once: false,
     }
 }
 

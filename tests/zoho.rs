@@ -500,7 +500,8 @@ async fn scope_mismatch_is_named() {
         missing,
         vec![
             "ZohoCRM.modules.contacts.READ",
-            "ZohoCRM.modules.leads.READ"
+            "ZohoCRM.modules.leads.READ",
+            "ZohoCRM.modules.calls.READ"
         ]
     );
     assert!(

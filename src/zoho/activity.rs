@@ -240,7 +240,7 @@ pub fn render_task(
 }
 
 /// Owner, and the Contact (`Who_Id`) or Lead (`What_Id` + `$se_module`).
-fn link(r: &mut Map<String, Value>, l: &Lookups) {
+pub fn link(r: &mut Map<String, Value>, l: &Lookups) {
     if let Some(id) = &l.owner_id {
         r.insert("Owner".into(), json!({ "id": id }));
     }

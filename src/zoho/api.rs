@@ -53,7 +53,14 @@ pub struct PhoneMatch {
 /// The fate of one record of an insert, in input order.
 #[derive(Debug, Clone)]
 pub enum RecordOutcome {
-    Created { id: String },
+    Created {
+        id: String,
+    },
+    /// Refused as a duplicate of an existing record on a unique field: that record's id.
+    Duplicate {
+        id: String,
+        field: String,
+    },
     Failed(ZohoError),
 }
 
@@ -90,6 +97,8 @@ pub struct ZohoApi {
 struct Answer {
     status: u16,
     body: Option<Value>,
+    /// `Retry-After` in seconds, when a 429 carried one.
+    retry_after: Option<u64>,
 }
 
 impl ZohoApi {
@@ -169,6 +178,11 @@ impl ZohoApi {
                 .await
                 .map_err(|e| network_error(&e, sent_write, path))?;
             let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let bytes = response
                 .bytes()
                 .await
@@ -190,7 +204,11 @@ impl ZohoApi {
                 refreshed = true;
                 continue;
             }
-            return Ok(Answer { status, body });
+            return Ok(Answer {
+                status,
+                body,
+                retry_after,
+            });
         }
     }
 
@@ -208,6 +226,12 @@ impl ZohoApi {
             .and_then(|b| b.pointer("/details/api_name"))
             .and_then(Value::as_str)
             .map(str::to_string);
+        if answer.status == 429 {
+            return ZohoError::Throttled {
+                message: format!("{what}: {message}"),
+                retry_after_seconds: answer.retry_after,
+            };
+        }
         if code == "OAUTH_SCOPE_MISMATCH" {
             message = format!("{what}: the token lacks the OAuth scope for this endpoint");
         }
@@ -473,6 +497,38 @@ impl ZohoApi {
         Ok(out)
     }
 
+    /// The id of a record of `module` whose fields equal the values given (all of them), if
+    /// one exists: how an attempt whose outcome is unknown is checked before it is resent.
+    pub async fn find_record(
+        &self,
+        module: &str,
+        equals: &[(&str, &str)],
+    ) -> Result<Option<String>, ZohoError> {
+        let criteria = equals
+            .iter()
+            .map(|(k, v)| format!("({k}:equals:{})", escape_criteria(v)))
+            .collect::<Vec<_>>()
+            .join("and");
+        let a = self
+            .request(
+                Method::GET,
+                &format!("{module}/search"),
+                &[("criteria", criteria.as_str()), ("per_page", "2")],
+                None,
+            )
+            .await?;
+        match a.status {
+            204 => Ok(None),
+            200 => Ok(a
+                .body
+                .as_ref()
+                .and_then(|b| b.pointer("/data/0/id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)),
+            _ => Err(Self::fail(&a, &format!("searching {module}"))),
+        }
+    }
+
     /// Checks each endpoint the bridge uses; a missing scope is named.
     pub async fn probe(&self) -> Vec<(&'static str, &'static str, Result<(), ZohoError>)> {
         let mut out = Vec::new();
@@ -507,6 +563,20 @@ impl ZohoApi {
                 .await;
             out.push((name, scope, ok_unless_denied(r, name)));
         }
+        // Checking for a record before resending an attempt of unknown outcome reads Calls.
+        let r = self
+            .request(
+                Method::GET,
+                "Calls/search",
+                &[("criteria", "(Subject:equals:ami-zoho-bridge probe)")],
+                None,
+            )
+            .await;
+        out.push((
+            "calls search",
+            "ZohoCRM.modules.calls.READ",
+            ok_unless_denied(r, "searching Calls"),
+        ));
         // An empty insert is refused for its data, after the scope check: nothing is created.
         let r = self
             .request(Method::POST, "Calls", &[], Some(&json!({ "data": [] })))
@@ -565,6 +635,18 @@ fn record_outcome(status: u16, e: &Value) -> RecordOutcome {
         }
     }
     let code = text("code");
+    if code == "DUPLICATE_DATA" {
+        let id = e
+            .pointer("/details/duplicate_record/id")
+            .and_then(Value::as_str);
+        let field = e.pointer("/details/api_name").and_then(Value::as_str);
+        if let (Some(id), Some(field)) = (id, field) {
+            return RecordOutcome::Duplicate {
+                id: id.to_string(),
+                field: field.to_string(),
+            };
+        }
+    }
     RecordOutcome::Failed(ZohoError::Api {
         status,
         retry: classify(
@@ -630,4 +712,16 @@ impl WithoutUrlRef for reqwest::Error {
         }
         s
     }
+}
+
+/// Zoho search criteria need `(`, `)`, `,` and `\` escaped with a backslash inside values.
+pub fn escape_criteria(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '(' | ')' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

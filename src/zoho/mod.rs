@@ -128,6 +128,12 @@ pub enum ZohoError {
         field: Option<String>,
         retry: Retry,
     },
+    /// 429: Zoho's API concurrency or credit limit; wait (as told, when it says) and retry.
+    #[error("Zoho 429 TOO_MANY_REQUESTS: {message}")]
+    Throttled {
+        message: String,
+        retry_after_seconds: Option<u64>,
+    },
     #[error("Zoho request failed: {message}")]
     Network { message: String, retry: Retry },
     #[error("no Zoho tokens for account '{account}': run `ami-zoho-bridge zoho authorize --account {account} --code <grant code>`")]
@@ -144,7 +150,16 @@ impl ZohoError {
             ZohoError::OAuth { retry, .. }
             | ZohoError::Api { retry, .. }
             | ZohoError::Network { retry, .. } => *retry,
+            ZohoError::Throttled { .. } => Retry::Transient,
             _ => Retry::Permanent,
+        }
+    }
+
+    /// The field Zoho named, when it named one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ZohoError::Api { field, .. } => field.as_deref(),
+            _ => None,
         }
     }
 
@@ -152,6 +167,7 @@ impl ZohoError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ZohoError::OAuth { code, .. } | ZohoError::Api { code, .. } => Some(code),
+            ZohoError::Throttled { .. } => Some("TOO_MANY_REQUESTS"),
             _ => None,
         }
     }

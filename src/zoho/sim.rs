@@ -115,6 +115,8 @@ pub enum Fault {
     RevokeTokens,
     /// Expire every access token first (as if an hour had passed).
     ExpireAccessTokens,
+    /// The inner fault, applied to the next record insert (searches and user lookups pass).
+    OnInsert(Box<Fault>),
 }
 
 struct Code {
@@ -464,10 +466,17 @@ async fn gate(
     dc: &str,
     needed: &[String],
 ) -> (Option<Response>, bool) {
+    let is_insert = needed.iter().any(|s| s.ends_with(".CREATE"));
     let fault = {
         let mut g = lock(inner);
         g.stats.crm_requests += 1;
-        g.faults.pop_front()
+        match g.faults.front() {
+            Some(Fault::OnInsert(_)) if !is_insert => None,
+            _ => match g.faults.pop_front() {
+                Some(Fault::OnInsert(f)) => Some(*f),
+                other => other,
+            },
+        }
     };
     let mut drop_after = false;
     match fault {
@@ -509,7 +518,8 @@ async fn gate(
                 t.expires = Instant::now();
             }
         }
-        None => {}
+        // Nested wrappers are unwrapped when popped; one left here has nothing to add.
+        Some(Fault::OnInsert(_)) | None => {}
     }
     let g = lock(inner);
     let header = headers
@@ -612,7 +622,7 @@ async fn search(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if module != "Contacts" && module != "Leads" {
+    if !["Contacts", "Leads", "Calls", "Tasks"].contains(&module.as_str()) {
         return crm_error(
             StatusCode::BAD_REQUEST,
             "INVALID_MODULE",
@@ -624,6 +634,9 @@ async fn search(
         return r;
     }
     let g = lock(&inner);
+    if module == "Calls" || module == "Tasks" {
+        return search_activities(&g, &module, q.get("criteria"));
+    }
     let people = if module == "Contacts" {
         &g.seed.contacts
     } else {
@@ -675,6 +688,78 @@ async fn search(
             r
         })
         .collect();
+    Json(json!({ "data": data, "info": { "count": data.len(), "more_records": false } }))
+        .into_response()
+}
+
+/// `(Field:equals:value)and(...)`, values with `\\`-escaped `( ) , \\`: the subset of
+/// Zoho's criteria grammar the bridge uses to check for a record before resending it.
+fn parse_criteria(text: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        if chars.next()? != '(' {
+            return None;
+        }
+        let mut group = String::new();
+        let mut escaped = false;
+        loop {
+            let c = chars.next()?;
+            if escaped {
+                group.push(c);
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+                // Keep a marker so a colon in a value is not a separator.
+                group.push('\u{1}');
+            } else if c == ')' {
+                break;
+            } else {
+                group.push(c);
+            }
+        }
+        let mut parts = group.splitn(3, ':');
+        let (field, op, value) = (parts.next()?, parts.next()?, parts.next()?);
+        if op != "equals" {
+            return None;
+        }
+        out.push((field.to_string(), value.replace('\u{1}', "")));
+        match chars.peek() {
+            None => return Some(out),
+            Some(_) => {
+                let rest: String = chars.by_ref().take(3).collect();
+                if !rest.eq_ignore_ascii_case("and") {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn search_activities(g: &Inner, module: &str, criteria: Option<&String>) -> Response {
+    let Some(conds) = criteria.and_then(|c| parse_criteria(c)) else {
+        return crm_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            "invalid query formed",
+            json!({ "param": "criteria" }),
+        );
+    };
+    let data: Vec<Value> = g
+        .records
+        .get(module)
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            conds
+                .iter()
+                .all(|(f, v)| r.get(f).and_then(Value::as_str) == Some(v.as_str()))
+        })
+        .cloned()
+        .collect();
+    if data.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     Json(json!({ "data": data, "info": { "count": data.len(), "more_records": false } }))
         .into_response()
 }
@@ -1061,7 +1146,7 @@ async fn list_records(State(inner): State<Shared>, Path(module): Path<String>) -
 
 /// The scopes the bridge needs, as one Self Client "Generate Code" scope string.
 pub const BRIDGE_SCOPES: &str =
-    "ZohoCRM.modules.calls.CREATE,ZohoCRM.modules.tasks.CREATE,ZohoCRM.modules.contacts.READ,ZohoCRM.modules.leads.READ,ZohoCRM.users.READ";
+    "ZohoCRM.modules.calls.CREATE,ZohoCRM.modules.calls.READ,ZohoCRM.modules.tasks.CREATE,ZohoCRM.modules.contacts.READ,ZohoCRM.modules.leads.READ,ZohoCRM.users.READ";
 
 /// A small org for demos and tests: an administrator, agents, contacts and leads whose
 /// numbers are written the way people type them.

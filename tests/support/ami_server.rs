@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub answer_ping: bool,
     /// Cut the first connection after this many body bytes.
     pub cut_at: Option<usize>,
+    /// Stream the body to the first connection only, as a live PBX does not repeat what a
+    /// client missed while it was away (a restarted bridge gets nothing old).
+    pub once: bool,
 }
 
 #[derive(Default)]
@@ -216,6 +219,9 @@ async fn serve(sock: TcpStream, cfg: ServerConfig, state: Arc<Mutex<ServerState>
             }
             _ => None,
         };
+        if cfg.once && cut.is_none() {
+            st.resume_at = cfg.body.len();
+        }
         (from, cut)
     };
     match cut {

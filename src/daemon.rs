@@ -1,0 +1,333 @@
+//! The daemon: one AMI session per PBX → call tracker → triggers → outbox, and the delivery
+//! workers draining the outbox into Zoho. `replay --deliver` runs the same stages on a capture.
+//!
+//! Shutdown (SIGTERM, SIGINT): stop reading the PBXs, store every call that has ended (those
+//! still in their grace period included), stop leasing, let in-flight Zoho requests finish.
+//! Whatever is still pending stays in the outbox for the next start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ami::{AmiClient, ClientConfig, Message, SourceEvent};
+use crate::calls::{Call, Micros, Output, Tracker};
+use crate::config::{Config, PbxConfig};
+use crate::delivery::{zoho_clients, Delivery};
+use crate::pipeline::Pipeline;
+use crate::store::{now_micros, Store, StoreError};
+use crate::triggers::On;
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A configuration problem (exit code 2); the message names the key.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("PBX '{pbx}': {message}")]
+    Ami { pbx: String, message: String },
+}
+
+/// The stages every source feeds: tracker output → store → delivery.
+pub struct Bridge {
+    pub pipeline: Arc<Pipeline>,
+    pub store: Store,
+    pub delivery: Arc<Delivery>,
+}
+
+impl Bridge {
+    /// Opens the store and builds the Zoho clients: everything but the event sources.
+    pub async fn start(cfg: &Config) -> Result<Bridge, DaemonError> {
+        let pipeline = Arc::new(Pipeline::new(cfg).map_err(DaemonError::Config)?);
+        let store = Store::open(&cfg.store.url).await?;
+        let apis = zoho_clients(cfg).map_err(|e| DaemonError::Config(e.to_string()))?;
+        let delivery = Arc::new(Delivery::new(cfg, store.clone(), apis));
+        Ok(Bridge {
+            pipeline,
+            store,
+            delivery,
+        })
+    }
+
+    /// Hands tracker outputs on: triggers, render, one transaction per call, wake a worker.
+    /// A store that refuses is retried (the call is not dropped) until `stop`.
+    pub async fn handle(&self, pbx: &str, outputs: &mut Vec<Output>, stop: &CancellationToken) {
+        for o in outputs.drain(..) {
+            match o {
+                Output::Finished(call) => self.finished(pbx, &call, stop).await,
+                Output::Moment(m, call) => self.moment(pbx, On::of(m), &call, stop).await,
+            }
+        }
+    }
+
+    async fn finished(&self, pbx: &str, call: &Call, stop: &CancellationToken) {
+        let span = tracing::info_span!("call", linkedid = %call.linkedid, pbx);
+        self.store_finished(pbx, call, stop).instrument(span).await
+    }
+
+    async fn store_finished(&self, pbx: &str, call: &Call, stop: &CancellationToken) {
+        let records = match self.pipeline.records(pbx, call, On::End) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render the call's records; the call is stored without them");
+                Vec::new()
+            }
+        };
+        let activities: Vec<_> = records.into_iter().map(|(_, a)| a).collect();
+        let e164 = self.pipeline.remote_e164(call);
+        let at = now_micros();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self
+                .store
+                .record_call(pbx, call, e164.as_deref(), &activities, at)
+                .await
+            {
+                Ok(added) => {
+                    tracing::info!(
+                        status = call.status.as_str(),
+                        direction = call.direction.as_str(),
+                        records = added,
+                        "call finished"
+                    );
+                    if added > 0 {
+                        self.delivery.wake();
+                    }
+                    return;
+                }
+                Err(e) if !stop.is_cancelled() => {
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "storing a finished call");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    let json = serde_json::to_string(call).unwrap_or_default();
+                    tracing::error!(error = %e, call = %json, "shutting down with the store unavailable: this call is only in the log");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn moment(&self, pbx: &str, on: On, call: &Call, stop: &CancellationToken) {
+        let records = match self.pipeline.records(pbx, call, on) {
+            Ok(r) if r.is_empty() => return,
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(linkedid = %call.linkedid, error = %e, "cannot render a moment's records");
+                return;
+            }
+        };
+        let activities: Vec<_> = records.into_iter().map(|(_, a)| a).collect();
+        loop {
+            match self
+                .store
+                .record_moment(pbx, &call.linkedid.0, &activities, now_micros())
+                .await
+            {
+                Ok(added) => {
+                    if added > 0 {
+                        self.delivery.wake();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(linkedid = %call.linkedid, error = %e, "storing a moment's records");
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A tracker with moments turned on when a trigger wants them.
+pub fn tracker_for(cfg: &Config) -> Tracker {
+    let mut calls = cfg.calls.clone();
+    calls.emit_moments |= cfg.triggers.iter().any(|t| t.on != On::End);
+    Tracker::new(calls)
+}
+
+/// The tracker's clock between events: the last event's time moved on by wall time.
+struct StreamClock {
+    event_at: Micros,
+    wall_at: i64,
+}
+
+impl StreamClock {
+    fn now(&self) -> Micros {
+        Micros(self.event_at.0 + (now_micros() - self.wall_at).max(0))
+    }
+}
+
+fn event_time(m: &Message) -> Option<Micros> {
+    m.get("Timestamp").and_then(Micros::parse_epoch)
+}
+
+/// Reads one PBX until `stop`, then stores the calls that have ended.
+pub async fn ingest_pbx(
+    bridge: Arc<Bridge>,
+    cfg: Arc<Config>,
+    pbx: PbxConfig,
+    index: usize,
+    stop: CancellationToken,
+) -> Result<(), DaemonError> {
+    let secret = pbx.secret(index).map_err(DaemonError::Config)?;
+    let mut client_cfg = ClientConfig::new(&pbx.host, pbx.port, &pbx.username, secret);
+    client_cfg.auth = pbx.auth;
+    client_cfg.ping_interval = Duration::from_secs_f64(pbx.ping_seconds);
+    let name = pbx.name.clone();
+    let ami_error = |e: crate::ami::AmiError| DaemonError::Ami {
+        pbx: name.clone(),
+        message: e.to_string(),
+    };
+    // The first login is retried too: a PBX that is down at start is not a reason to exit.
+    let mut wait = Duration::from_secs(1);
+    let (_client, mut events) = loop {
+        match AmiClient::connect(client_cfg.clone()).await {
+            Ok(c) => break c,
+            Err(e @ crate::ami::AmiError::LoginFailed { .. }) => return Err(ami_error(e)),
+            Err(e) => {
+                tracing::error!(pbx = %pbx.name, error = %e, retry_in_s = wait.as_secs(), "AMI connect");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    tracing::info!(pbx = %pbx.name, host = %pbx.host, port = pbx.port, "AMI connected");
+    let mut tracker = tracker_for(&cfg);
+    let mut outputs = Vec::new();
+    let mut clock = StreamClock {
+        event_at: Micros(now_micros()),
+        wall_at: now_micros(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            ev = events.recv() => match ev {
+                None => break,
+                Some(SourceEvent::Message(m)) => {
+                    let wall = now_micros();
+                    if let Some(ts) = event_time(&m) {
+                        clock = StreamClock { event_at: ts, wall_at: wall };
+                    }
+                    tracker.on_message(&m, Micros(wall), &mut outputs);
+                }
+                Some(SourceEvent::Reconnected { .. }) => {
+                    tracing::warn!(pbx = %pbx.name, "AMI reconnected: calls that spanned the gap are marked incomplete");
+                    tracker.on_reconnect();
+                }
+                Some(SourceEvent::Disconnected { reason }) => {
+                    tracing::warn!(pbx = %pbx.name, %reason, "AMI disconnected; reconnecting");
+                }
+                Some(SourceEvent::Connected { .. }) => {}
+            },
+            _ = tick.tick() => tracker.tick(clock.now(), &mut outputs),
+        }
+        if !outputs.is_empty() {
+            bridge.handle(&pbx.name, &mut outputs, &stop).await;
+        }
+    }
+    // Calls whose channels have all hung up are finished, grace period or not.
+    let grace = (cfg.calls.grace_seconds * 1e6) as i64 + 1;
+    tracker.tick(Micros(clock.now().0 + grace), &mut outputs);
+    let live = tracker.live_calls();
+    bridge
+        .handle(&pbx.name, &mut outputs, &CancellationToken::new())
+        .await;
+    if live > 0 {
+        tracing::warn!(pbx = %pbx.name, live_calls = live, "stopping with calls still up: they are not recorded");
+    }
+    Ok(())
+}
+
+/// `ami-zoho-bridge run`: until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    if cfg.pbx.is_empty() {
+        return Err(DaemonError::Config(
+            "key pbx: no [[pbx]] section: nothing to read".into(),
+        ));
+    }
+    for (i, p) in cfg.pbx.iter().enumerate() {
+        p.secret(i).map_err(DaemonError::Config)?;
+    }
+    let cfg = Arc::new(cfg);
+    let bridge = Arc::new(Bridge::start(&cfg).await?);
+    let stop_ingest = CancellationToken::new();
+    let stop_workers = CancellationToken::new();
+    let workers = bridge.delivery.spawn(stop_workers.clone());
+    let mut sources = tokio::task::JoinSet::new();
+    for (i, p) in cfg.pbx.iter().enumerate() {
+        sources.spawn(ingest_pbx(
+            bridge.clone(),
+            cfg.clone(),
+            p.clone(),
+            i,
+            stop_ingest.clone(),
+        ));
+    }
+    tracing::info!(pbxs = cfg.pbx.len(), workers = workers.len(), store = %crate::store::redact_url(&cfg.store.url), "bridge running");
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down: no more AMI reading; storing ended calls"),
+        Some(done) = sources.join_next() => {
+            if let Ok(Err(e)) = done {
+                failure = Some(e);
+            }
+        }
+    }
+    stop_ingest.cancel();
+    while let Some(done) = sources.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "PBX session ended");
+        }
+    }
+    stop_workers.cancel();
+    let drain = futures::future::join_all(workers);
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("deliveries still in flight after 30 s; their leases will run out and they will be checked first next time");
+    }
+    bridge.store.close().await;
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -466,14 +466,66 @@ async fn sigterm_is_graceful_and_restart_resumes() {
     rig.run_to_completion(restarted).await;
 }
 
-/// Kept for the PostgreSQL tests: the database URL the CI cluster offers.
-pub fn pg_url() -> Option<String> {
-    std::env::var("AZB_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
+/// A fresh database on the PostgreSQL cluster of `AZB_TEST_PG_URL` (see
+/// `scripts/pg-test-cluster.sh`), or None when there is none and it is not required.
+async fn pg_database() -> Option<String> {
+    match support::pg_url() {
+        Some(base) => Some(support::fresh_pg_database(&base).await),
+        None => None,
+    }
 }
 
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
+/// Two bridge processes, an HA pair reading the same PBX, share one PostgreSQL outbox: both
+/// see every call, each row is leased by one of them, and Zoho gets every call once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_share_one_postgres_outbox() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let opts = Options {
+        store_url: Some(url),
+        unique_field: false,
+        ..Options::default()
+    };
+    let mut rig = Rig::start(opts.clone()).await;
+    rig.ami.state.lock().unwrap().connections = 0;
+    // Both bridges get the whole stream, as two bridges on one PBX would.
+    let body = capture_body(&support::read_capture(&support::root().join(CAPTURE)));
+    rig.ami = AmiServer::start(ServerConfig {
+        username: "bridge".into(),
+        secret: AMI_SECRET.into(),
+        body,
+        answer_ping: true,
+        cut_at: None,
+        once: false,
+    })
+    .await;
+    rig.write_config("a", &opts);
+    rig.write_config("b", &opts);
+    for f in on_insert(Fault::Slow(Duration::from_millis(150)), 30) {
+        rig.sim.inject(f);
+    }
+    let a = rig.spawn("a");
+    let b = rig.spawn("b");
+    let n = rig.expected.len();
+    rig.wait_until("every call delivered", 120, |r| {
+        r.sim.records("Calls").len() >= n
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for mut child in [a, b] {
+        terminate(&mut child);
+    }
+    rig.assert_exactly_once();
+    let delivered_by = |i: &str| rig.log(i).matches(" delivered ").count();
+    eprintln!(
+        "deliveries: bridge a {}, bridge b {}",
+        delivered_by("a"),
+        delivered_by("b")
+    );
+    assert_eq!(
+        delivered_by("a") + delivered_by("b"),
+        n,
+        "each row delivered by one bridge"
+    );
 }

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::AnyPool;
+use sqlx::{AnyPool, Connection};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +100,12 @@ impl Store {
             return Err(fail("use sqlite://PATH or postgres://USER@HOST/DB".into()));
         };
         let options = AnyConnectOptions::from_str(&url).map_err(|e| fail(e.to_string()))?;
+        // One direct connection first: a wrong host or password is reported at once, not
+        // after the pool has retried for its whole acquire timeout.
+        let probe = sqlx::AnyConnection::connect_with(&options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        probe.close().await.map_err(|e| fail(e.to_string()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(30))

@@ -66,3 +66,48 @@ pub fn success_stdout(out: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The PostgreSQL cluster for tests (`scripts/pg-test-cluster.sh` prints it). Absent: the
+/// PostgreSQL tests say so and pass, unless `AZB_REQUIRE_PG=1` (CI) makes that a failure.
+pub fn pg_url() -> Option<String> {
+    let url = std::env::var("AZB_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        assert!(
+            std::env::var("AZB_REQUIRE_PG").as_deref() != Ok("1"),
+            "AZB_REQUIRE_PG=1 but AZB_TEST_PG_URL is not set"
+        );
+        eprintln!(
+            "SKIPPED: no PostgreSQL (run `eval \"$(scripts/pg-test-cluster.sh)\"` to test it)"
+        );
+    }
+    url
+}
+
+/// Creates an empty database on the cluster at `base` and returns its URL.
+pub async fn fresh_pg_database(base: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "azb_test_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(base)
+        .await
+        .expect("connect to AZB_TEST_PG_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let (prefix, _) = base.rsplit_once('/').expect("database in the URL");
+    format!("{prefix}/{name}")
+}

@@ -141,10 +141,7 @@ pub async fn replay_deliver(
     speed: Option<f64>,
     wait: f64,
 ) -> anyhow::Result<()> {
-    use ami_zoho_bridge::ami::replay::Replay;
-    use ami_zoho_bridge::ami::SourceEvent;
-    use ami_zoho_bridge::calls::Micros;
-    use ami_zoho_bridge::daemon::{tracker_for, Bridge};
+    use ami_zoho_bridge::daemon::Bridge;
     use tokio_util::sync::CancellationToken;
 
     let bridge = Bridge::start(&cfg).await.map_err(|e| match e {
@@ -153,52 +150,8 @@ pub async fn replay_deliver(
     })?;
     let stop = CancellationToken::new();
     let workers = bridge.delivery.spawn(stop.clone());
-    let replay =
-        Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
-    let mut tracker = tracker_for(&cfg);
-    let mut outputs = Vec::new();
-    let never = CancellationToken::new();
-    let pace = speed.filter(|s| s.is_finite() && *s > 0.0);
-    let started = std::time::Instant::now();
-    let mut first_ts: Option<i64> = None;
-    let mut calls = 0usize;
-    for event in replay {
-        match event? {
-            SourceEvent::Message(m) => {
-                if let (Some(x), Some(ts)) =
-                    (pace, m.get("Timestamp").and_then(Micros::parse_epoch))
-                {
-                    let t0 = *first_ts.get_or_insert(ts.0);
-                    let due = Duration::from_secs_f64(((ts.0 - t0).max(0) as f64 / 1e6) / x);
-                    if let Some(sleep) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(sleep).await;
-                    }
-                }
-                tracker.on_message(&m, Micros(0), &mut outputs);
-            }
-            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
-            _ => {}
-        }
-        calls += outputs
-            .iter()
-            .filter(|o| matches!(o, ami_zoho_bridge::calls::Output::Finished(_)))
-            .count();
-        bridge.handle("replay", &mut outputs, &never).await;
-    }
-    tracker.finish(&mut outputs);
-    calls += outputs
-        .iter()
-        .filter(|o| matches!(o, ami_zoho_bridge::calls::Output::Finished(_)))
-        .count();
-    bridge.handle("replay", &mut outputs, &never).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
-    let stats = loop {
-        let s = bridge.store.outbox_stats().await?;
-        if s.pending == 0 || std::time::Instant::now() >= deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let calls = replay_into(&bridge, &cfg, file, speed).await?;
+    let stats = drain(&bridge, wait).await?;
     stop.cancel();
     futures::future::join_all(workers).await;
     bridge.store.close().await;
@@ -217,5 +170,151 @@ pub async fn replay_deliver(
             stats.pending
         );
     }
+    Ok(())
+}
+
+/// Feeds a capture through tracker and triggers into the store, at `speed` × the recorded
+/// pace (as fast as possible without). Returns the number of finished calls.
+async fn replay_into(
+    bridge: &ami_zoho_bridge::daemon::Bridge,
+    cfg: &Config,
+    file: &Path,
+    speed: Option<f64>,
+) -> anyhow::Result<usize> {
+    use ami_zoho_bridge::ami::replay::Replay;
+    use ami_zoho_bridge::ami::SourceEvent;
+    use ami_zoho_bridge::calls::{Micros, Output};
+    use ami_zoho_bridge::daemon::tracker_for;
+    use tokio_util::sync::CancellationToken;
+
+    let replay =
+        Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
+    let mut tracker = tracker_for(cfg);
+    let mut outputs = Vec::new();
+    let never = CancellationToken::new();
+    let pace = speed.filter(|s| s.is_finite() && *s > 0.0);
+    let started = std::time::Instant::now();
+    let mut first_ts: Option<i64> = None;
+    let mut calls = 0usize;
+    for event in replay {
+        match event? {
+            SourceEvent::Message(m) => {
+                let ts = m.get("Timestamp").and_then(Micros::parse_epoch);
+                if let (Some(x), Some(ts)) = (pace, ts) {
+                    let t0 = *first_ts.get_or_insert(ts.0);
+                    let due = Duration::from_secs_f64(((ts.0 - t0).max(0) as f64 / 1e6) / x);
+                    if let Some(sleep) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(sleep).await;
+                    }
+                }
+                tracker.on_message(&m, Micros(0), &mut outputs);
+            }
+            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
+            _ => {}
+        }
+        calls += outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Finished(_)))
+            .count();
+        bridge.handle("replay", &mut outputs, &never).await;
+    }
+    tracker.finish(&mut outputs);
+    calls += outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Finished(_)))
+        .count();
+    bridge.handle("replay", &mut outputs, &never).await;
+    Ok(calls)
+}
+
+/// Waits until nothing is pending (or `wait` seconds pass) and returns the outbox counts.
+async fn drain(
+    bridge: &ami_zoho_bridge::daemon::Bridge,
+    wait: f64,
+) -> anyhow::Result<ami_zoho_bridge::store::OutboxStats> {
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+    loop {
+        let s = bridge.store.outbox_stats().await?;
+        if s.pending == 0 || std::time::Instant::now() >= deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `bench-deliver`: the whole pipeline on a capture replayed at `speed` × its recorded pace,
+/// into a local simulator answering at once and a scratch SQLite store. Prints the time from
+/// a call's finalisation to the start of its Zoho request (p50, p99) and Zoho requests per
+/// activity.
+pub async fn bench_deliver(file: &Path, mut cfg: Config, speed: f64) -> anyhow::Result<()> {
+    use ami_zoho_bridge::daemon::Bridge;
+    use ami_zoho_bridge::secret::Secret;
+    use tokio_util::sync::CancellationToken;
+
+    let dir = std::env::temp_dir().join(format!("azb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut seed = sim::demo_seed();
+    for acc in cfg.zoho.accounts.values() {
+        seed.clients.push(sim::SimClient {
+            client_id: acc.client_id.clone(),
+            client_secret: "bench-secret".into(),
+        });
+    }
+    let sim = SimHandle::start("127.0.0.1:0".parse()?, seed, SimLimits::default()).await?;
+    for (name, acc) in cfg.zoho.accounts.iter_mut() {
+        let dc = acc.dc.clone().unwrap_or_else(|| "com".into());
+        acc.accounts_url = Some(sim.url(&dc));
+        acc.api_domain = Some(sim.url(&dc));
+        acc.token_file = Some(dir.join(format!("{name}.json")));
+        acc.client_secret = Some(Secret::new("bench-secret"));
+        acc.client_secret_env = None;
+        let oauth = OAuth::new(name, acc, http_client(acc.timeout_seconds)?)?;
+        oauth
+            .exchange_code(&sim.grant_code(&acc.client_id, &dc, sim::BRIDGE_SCOPES, None))
+            .await?;
+    }
+    cfg.store.url = format!("sqlite://{}", dir.join("bench.db").display());
+    let bridge = Bridge::start(&cfg).await?;
+    let stop = CancellationToken::new();
+    let workers = bridge.delivery.spawn(stop.clone());
+    let started = std::time::Instant::now();
+    let calls = replay_into(&bridge, &cfg, file, Some(speed)).await?;
+    let stats = drain(&bridge, 60.0).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    futures::future::join_all(workers).await;
+    let mut lat: Vec<f64> = bridge
+        .store
+        .request_latencies()
+        .await?
+        .into_iter()
+        .map(|(fin, req)| (req - fin) as f64 / 1000.0)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1]
+    };
+    let requests: u64 = bridge
+        .delivery
+        .apis()
+        .values()
+        .map(|a| a.requests_made())
+        .sum();
+    let activities = stats.delivered.max(1) as f64;
+    bridge.store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "calls={calls} activities={} failed={} pending={} seconds={elapsed:.1} speed={speed} finalisation_to_request_ms_p50={:.2} p99={:.2} max={:.2} zoho_requests={requests} requests_per_activity={:.2}",
+        stats.delivered,
+        stats.failed,
+        stats.pending,
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or(0.0),
+        requests as f64 / activities
+    );
     Ok(())
 }

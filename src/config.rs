@@ -526,7 +526,7 @@ mod tests {
         let path = dir.path().join("b.toml");
         std::fs::write(
             &path,
-            "[agents]\n\"1001\" = \"mario@example.com\"\n[pbx]\nignored = 1\n",
+            "[agents]\n\"1001\" = \"mario@example.com\"\n[future_section]\nignored = 1\n",
         )
         .unwrap();
         let cfg = Config::load(Some(&path)).unwrap();

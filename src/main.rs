@@ -123,6 +123,16 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// Replay a capture at a multiple of its pace through the whole pipeline into a local
+    /// Zoho simulator and a scratch store; print delivery latency and requests per activity.
+    BenchDeliver {
+        file: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        /// Multiple of the recorded pace.
+        #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+    },
     /// Parse a capture as fast as possible and print the rate (a benchmark, not a test).
     BenchParse {
         file: PathBuf,
@@ -282,6 +292,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             rounds,
         } => bench_pipeline(&file, config.as_deref(), rounds),
+        Command::BenchDeliver {
+            file,
+            config,
+            speed,
+        } => {
+            let cfg = load_config(Some(&config))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::bench_deliver(&file, cfg, speed))
+        }
         Command::BenchParse {
             file,
             rounds,

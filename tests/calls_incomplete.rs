@@ -253,6 +253,9 @@ fn example_config_loads() {
     ))
     .expect("example config");
     assert_eq!(cfg.triggers.len(), 2);
+    assert_eq!(cfg.pbx.len(), 1);
+    assert_eq!(cfg.pbx[0].secret_env.as_deref(), Some("AMI_SECRET"));
+    assert!(cfg.store.url.starts_with("sqlite://"));
     assert_eq!(
         cfg.calls.agents.get("1002").map(String::as_str),
         Some("anna.bianchi@example.com")

@@ -462,6 +462,16 @@ impl Config {
                 ));
             }
         }
+        for (name, a) in &self.zoho.accounts {
+            // A held lease must outlive any request made under it, or a second worker could
+            // send the same record while the first request is still in flight.
+            if d.lease_seconds <= a.timeout_seconds {
+                return Err(format!(
+                    "key delivery.lease_seconds: {} s must be longer than zoho.accounts.{name}.timeout_seconds ({} s); three times as long is comfortable",
+                    d.lease_seconds, a.timeout_seconds
+                ));
+            }
+        }
         for (key, listen) in [
             ("http.listen", &self.http.listen),
             ("agi.listen", &self.agi.listen),

@@ -134,7 +134,23 @@ impl Delivery {
             .map(|i| {
                 let me = self.clone();
                 let stop = stop.clone();
-                tokio::spawn(async move { me.work(i, stop).await })
+                tokio::spawn(async move {
+                    // A bug that panics a worker must not stop delivery silently: its leases
+                    // run out, and a fresh worker takes its place.
+                    loop {
+                        let (w, st) = (me.clone(), stop.clone());
+                        match tokio::spawn(async move { w.work(i, st).await }).await {
+                            Err(e) if e.is_panic() && !stop.is_cancelled() => {
+                                tracing::error!(
+                                    worker = i,
+                                    "delivery worker panicked; starting a new one"
+                                );
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            _ => return,
+                        }
+                    }
+                })
             })
             .collect()
     }
@@ -217,6 +233,22 @@ impl Delivery {
                 Err(e) => self.settle_error(&row, owner, &e).await,
             }
         }
+        let lease = (self.cfg.lease_seconds * 1e6) as i64;
+        let ids: Vec<i64> = ready.iter().map(|r| r.0.id).collect();
+        let held = match self.store.renew(&ids, owner, lease).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(error = %e, "renewing leases; not sending (the rows come back when the leases end)");
+                return;
+            }
+        };
+        ready.retain(|(row, _, _)| {
+            let ok = held.contains(&row.id);
+            if !ok {
+                tracing::warn!(linkedid = %row.linkedid, row = row.id, "lease ran out during lookups: another worker has the row, not sending");
+            }
+            ok
+        });
         if ready.is_empty() {
             return;
         }

@@ -111,9 +111,11 @@ impl Rig {
                 .to_string()
                 .into(),
         );
-        if let Some(t) = opts.timeout_seconds {
-            main.insert("timeout_seconds".into(), t.into());
-        }
+        // Shorter than the 3 s lease below, as the configuration requires.
+        main.insert(
+            "timeout_seconds".into(),
+            opts.timeout_seconds.unwrap_or(1.0).into(),
+        );
         if opts.unique_field {
             zoho["configurations"]["default"]
                 .as_table_mut()

@@ -230,6 +230,33 @@ impl Store {
         Ok(out)
     }
 
+    /// Extends `owner`'s lease on `ids` just before they are sent, and returns those it still
+    /// holds. A row whose lease ran out (another worker may have it now) must not be sent:
+    /// with the lease longer than the request timeout, no one else can send a held row.
+    pub async fn renew(
+        &self,
+        ids: &[i64],
+        owner: &str,
+        lease_micros: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let held: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE outbox SET lease_until = $1
+             WHERE id IN ({list}) AND lease_owner = $2 AND lease_until > $3 AND state = 'pending'
+             RETURNING id"
+        ))
+        .bind(now + lease_micros)
+        .bind(owner)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(held)
+    }
+
     /// Notes when the first request for these rows started (for the latency benchmark).
     pub async fn mark_requested(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
         for id in ids {

@@ -144,10 +144,7 @@ pub async fn replay_deliver(
     use ami_zoho_bridge::daemon::Bridge;
     use tokio_util::sync::CancellationToken;
 
-    let bridge = Bridge::start(&cfg).await.map_err(|e| match e {
-        ami_zoho_bridge::daemon::DaemonError::Config(m) => UsageError(m).into(),
-        other => anyhow::Error::from(other),
-    })?;
+    let bridge = Bridge::start(&cfg).await.map_err(daemon_error)?;
     let stop = CancellationToken::new();
     let workers = bridge.delivery.spawn(stop.clone());
     let calls = replay_into(&bridge, &cfg, file, speed).await?;
@@ -173,6 +170,22 @@ pub async fn replay_deliver(
     Ok(())
 }
 
+/// Configuration problems found when the bridge starts exit with code 2, like a bad file.
+pub fn daemon_error(e: ami_zoho_bridge::daemon::DaemonError) -> anyhow::Error {
+    match e {
+        ami_zoho_bridge::daemon::DaemonError::Config(m) => UsageError(m).into(),
+        other => other.into(),
+    }
+}
+
+/// How many of `outputs` are finished calls.
+pub fn finished_count(outputs: &[ami_zoho_bridge::calls::Output]) -> usize {
+    outputs
+        .iter()
+        .filter(|o| matches!(o, ami_zoho_bridge::calls::Output::Finished(_)))
+        .count()
+}
+
 /// Feeds a capture through tracker and triggers into the store, at `speed` × the recorded
 /// pace (as fast as possible without). Returns the number of finished calls.
 async fn replay_into(
@@ -183,7 +196,7 @@ async fn replay_into(
 ) -> anyhow::Result<usize> {
     use ami_zoho_bridge::ami::replay::Replay;
     use ami_zoho_bridge::ami::SourceEvent;
-    use ami_zoho_bridge::calls::{Micros, Output};
+    use ami_zoho_bridge::calls::Micros;
     use ami_zoho_bridge::daemon::tracker_for;
     use tokio_util::sync::CancellationToken;
 
@@ -212,17 +225,11 @@ async fn replay_into(
             SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
             _ => {}
         }
-        calls += outputs
-            .iter()
-            .filter(|o| matches!(o, Output::Finished(_)))
-            .count();
+        calls += finished_count(&outputs);
         bridge.handle("replay", &mut outputs, &never).await;
     }
     tracker.finish(&mut outputs);
-    calls += outputs
-        .iter()
-        .filter(|o| matches!(o, Output::Finished(_)))
-        .count();
+    calls += finished_count(&outputs);
     bridge.handle("replay", &mut outputs, &never).await;
     Ok(calls)
 }
@@ -274,7 +281,7 @@ pub async fn bench_deliver(file: &Path, mut cfg: Config, speed: f64) -> anyhow::
             .await?;
     }
     cfg.store.url = format!("sqlite://{}", dir.join("bench.db").display());
-    let bridge = Bridge::start(&cfg).await?;
+    let bridge = Bridge::start(&cfg).await.map_err(daemon_error)?;
     let stop = CancellationToken::new();
     let workers = bridge.delivery.spawn(stop.clone());
     let started = std::time::Instant::now();

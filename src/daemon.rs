@@ -65,41 +65,62 @@ impl Bridge {
 
     async fn finished(&self, pbx: &str, call: &Call, stop: &CancellationToken) {
         let span = tracing::info_span!("call", linkedid = %call.linkedid, pbx);
-        self.store_finished(pbx, call, stop).instrument(span).await
+        self.persist(pbx, call, On::End, stop)
+            .instrument(span)
+            .await
     }
 
-    async fn store_finished(&self, pbx: &str, call: &Call, stop: &CancellationToken) {
-        let records = match self.pipeline.records(pbx, call, On::End) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot render the call's records; the call is stored without them");
-                Vec::new()
-            }
+    async fn moment(&self, pbx: &str, on: On, call: &Call, stop: &CancellationToken) {
+        let span = tracing::info_span!("moment", linkedid = %call.linkedid, pbx);
+        self.persist(pbx, call, on, stop).instrument(span).await
+    }
+
+    /// Stores what `on` makes of `call`: at the end the call itself and its records, at a
+    /// live moment only the records (if any trigger fired). A store that refuses is retried
+    /// with backoff until `stop`, so nothing is dropped while the bridge runs.
+    async fn persist(&self, pbx: &str, call: &Call, on: On, stop: &CancellationToken) {
+        let finished = on == On::End;
+        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
+            Vec::new()
+        });
+        if !finished && activities.is_empty() {
+            return;
+        }
+        let e164 = if finished {
+            self.pipeline.remote_e164(call)
+        } else {
+            None
         };
-        let activities: Vec<_> = records.into_iter().map(|(_, a)| a).collect();
-        let e164 = self.pipeline.remote_e164(call);
         let at = now_micros();
         let mut wait = Duration::from_millis(200);
         loop {
-            match self
-                .store
-                .record_call(pbx, call, e164.as_deref(), &activities, at)
-                .await
-            {
+            let stored = if finished {
+                self.store
+                    .record_call(pbx, call, e164.as_deref(), &activities, at)
+                    .await
+            } else {
+                self.store
+                    .record_moment(pbx, &call.linkedid.0, &activities, at)
+                    .await
+            };
+            match stored {
                 Ok(added) => {
-                    tracing::info!(
-                        status = call.status.as_str(),
-                        direction = call.direction.as_str(),
-                        records = added,
-                        "call finished"
-                    );
+                    if finished {
+                        tracing::info!(
+                            status = call.status.as_str(),
+                            direction = call.direction.as_str(),
+                            records = added,
+                            "call finished"
+                        );
+                    }
                     if added > 0 {
                         self.delivery.wake();
                     }
                     return;
                 }
                 Err(e) if !stop.is_cancelled() => {
-                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "storing a finished call");
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "storing a call's records");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
@@ -107,39 +128,6 @@ impl Bridge {
                     let json = serde_json::to_string(call).unwrap_or_default();
                     tracing::error!(error = %e, call = %json, "shutting down with the store unavailable: this call is only in the log");
                     return;
-                }
-            }
-        }
-    }
-
-    async fn moment(&self, pbx: &str, on: On, call: &Call, stop: &CancellationToken) {
-        let records = match self.pipeline.records(pbx, call, on) {
-            Ok(r) if r.is_empty() => return,
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(linkedid = %call.linkedid, error = %e, "cannot render a moment's records");
-                return;
-            }
-        };
-        let activities: Vec<_> = records.into_iter().map(|(_, a)| a).collect();
-        loop {
-            match self
-                .store
-                .record_moment(pbx, &call.linkedid.0, &activities, now_micros())
-                .await
-            {
-                Ok(added) => {
-                    if added > 0 {
-                        self.delivery.wake();
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(linkedid = %call.linkedid, error = %e, "storing a moment's records");
-                    if stop.is_cancelled() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }

@@ -10,7 +10,6 @@
 //! is never created twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,18 +25,6 @@ use crate::zoho::api::{Module, RecordOutcome, ZohoApi};
 use crate::zoho::oauth::OAuth;
 use crate::zoho::{Retry, ZohoError};
 
-/// Counters for metrics and the benchmark.
-#[derive(Debug, Default)]
-pub struct DeliveryCounters {
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
-    pub retried: AtomicU64,
-    pub found_existing: AtomicU64,
-    /// Sum and count of Zoho insert latencies, microseconds.
-    pub insert_micros: AtomicU64,
-    pub inserts: AtomicU64,
-}
-
 /// The outbox workers of one bridge process.
 pub struct Delivery {
     store: Store,
@@ -46,7 +33,6 @@ pub struct Delivery {
     cfg: DeliveryConfig,
     instance: String,
     wake: Notify,
-    pub counters: DeliveryCounters,
 }
 
 /// Rows sent in one insert: same account, module and workflow list.
@@ -114,7 +100,6 @@ impl Delivery {
                 .clone()
                 .unwrap_or_else(default_instance),
             wake: Notify::new(),
-            counters: DeliveryCounters::default(),
         }
     }
 
@@ -182,15 +167,14 @@ impl Delivery {
     pub async fn deliver(&self, owner: &str, rows: Vec<Leased>) {
         let mut groups: Vec<Group> = Vec::new();
         for row in rows {
-            match groups
-                .iter_mut()
-                .find(|g| g.0 == row.account && g.1 == row.module && g.2 == row.workflows)
-            {
+            match groups.iter_mut().find(|g| {
+                g.0 == row.record.account && g.1 == row.record.module && g.2 == row.record.workflows
+            }) {
                 Some(g) => g.3.push(row),
                 None => groups.push((
-                    row.account.clone(),
-                    row.module.clone(),
-                    row.workflows.clone(),
+                    row.record.account.clone(),
+                    row.record.module.clone(),
+                    row.record.workflows.clone(),
                     vec![row],
                 )),
             }
@@ -226,7 +210,6 @@ impl Delivery {
             match self.prepare(api, &row).instrument(span).await {
                 Ok(Prepared::Exists(d)) => {
                     tracing::info!(zoho_id = %d.zoho_id, "the record was already in Zoho: not sent again");
-                    self.counters.found_existing.fetch_add(1, Ordering::Relaxed);
                     self.settle_delivered(&row, owner, &d).await;
                 }
                 Ok(Prepared::Send(record, d)) => ready.push((row, record, d)),
@@ -253,12 +236,7 @@ impl Delivery {
             return;
         }
         let records: Vec<Map<String, Value>> = ready.iter().map(|r| r.1.clone()).collect();
-        let started = std::time::Instant::now();
         let result = api.insert(module, &records, workflows).await;
-        self.counters
-            .insert_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.counters.inserts.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
                 for ((row, _, mut d), outcome) in ready.into_iter().zip(outcomes) {
@@ -287,13 +265,13 @@ impl Delivery {
     /// Owner and Contact/Lead lookups (cached), and for a row of unknown outcome, whether
     /// Zoho already has it.
     async fn prepare(&self, api: &ZohoApi, row: &Leased) -> Result<Prepared, ZohoError> {
-        let owner = api.owner_for(row.agent_email.as_deref()).await?;
+        let owner = api.owner_for(row.record.agent_email.as_deref()).await?;
         let user_email = if owner.fallback {
             Some(api.admin().await?.email)
         } else {
-            row.agent_email.clone()
+            row.record.agent_email.clone()
         };
-        let person = match row.remote_number.as_deref() {
+        let person = match row.record.remote_number.as_deref() {
             Some(n) => api.find_by_phone(n).await?,
             None => None,
         };
@@ -315,7 +293,7 @@ impl Delivery {
                 return Ok(Prepared::Exists(d));
             }
         }
-        let mut record = row.payload.clone();
+        let mut record = row.record.payload.clone();
         link(
             &mut record,
             &Lookups {
@@ -335,16 +313,17 @@ impl Delivery {
         row: &Leased,
     ) -> Result<Option<String>, ZohoError> {
         let text = |k: &str| {
-            row.payload
+            row.record
+                .payload
                 .get(k)
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
         let unique = self
             .confs
-            .get(&row.configuration)
+            .get(&row.record.configuration)
             .and_then(|c| c.unique_field.clone())
-            .filter(|_| row.module == "Calls");
+            .filter(|_| row.record.module == "Calls");
         let mut equals: Vec<(String, String)> = Vec::new();
         if let Some(field) = unique {
             if let Some(v) = text(&field) {
@@ -352,7 +331,7 @@ impl Delivery {
             }
         }
         if equals.is_empty() {
-            let second = if row.module == "Calls" {
+            let second = if row.record.module == "Calls" {
                 "Call_Start_Time"
             } else {
                 "Due_Date"
@@ -371,14 +350,13 @@ impl Delivery {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         tracing::info!(linkedid = %row.linkedid, "an earlier attempt may have reached Zoho: checking before sending again");
-        api.find_record(&row.module, &pairs).await
+        api.find_record(&row.record.module, &pairs).await
     }
 
     async fn settle_delivered(&self, row: &Leased, owner: &str, d: &Delivered) {
         match self.store.delivered(row, owner, d).await {
             Ok(true) => {
-                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(linkedid = %row.linkedid, trigger = %row.trigger, module = %row.module, zoho_id = %d.zoho_id, "delivered");
+                tracing::info!(linkedid = %row.linkedid, trigger = %row.record.trigger, module = %row.record.module, zoho_id = %d.zoho_id, "delivered");
             }
             Ok(false) => {
                 tracing::warn!(linkedid = %row.linkedid, "lease lost before the outcome was stored; the next holder checks Zoho first")
@@ -390,8 +368,7 @@ impl Delivery {
     }
 
     async fn settle_fail(&self, row: &Leased, owner: &str, why: &str) {
-        tracing::error!(linkedid = %row.linkedid, trigger = %row.trigger, error = %why, "delivery failed for good; `ami-zoho-bridge outbox retry` sends it again");
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(linkedid = %row.linkedid, trigger = %row.record.trigger, error = %why, "delivery failed for good; `ami-zoho-bridge outbox retry` sends it again");
         if let Err(e) = self.store.fail(row, owner, why).await {
             tracing::error!(error = %e, "parking an outbox row");
         }
@@ -414,7 +391,6 @@ impl Delivery {
         {
             delay = delay.max(Duration::from_secs(*s));
         }
-        self.counters.retried.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(linkedid = %row.linkedid, attempt = row.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "delivery will be retried");
         let next = now_micros() + delay.as_micros() as i64;
         if let Err(err) = self

@@ -259,7 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime
                 .block_on(ami_zoho_bridge::daemon::run(cfg))
-                .map_err(daemon_error)
+                .map_err(commands::daemon_error)
         }
         Command::Outbox { config, command } => {
             let cfg = load_config(Some(&config))?;
@@ -332,14 +332,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 idle_exit.map(Duration::from_secs_f64),
             ))
         }
-    }
-}
-
-/// Configuration problems found at start exit with code 2, like a bad file.
-fn daemon_error(e: ami_zoho_bridge::daemon::DaemonError) -> anyhow::Error {
-    match e {
-        ami_zoho_bridge::daemon::DaemonError::Config(m) => UsageError(m).into(),
-        other => other.into(),
     }
 }
 
@@ -506,18 +498,12 @@ fn pipeline_once(data: &[u8], cfg: &Config) -> anyhow::Result<PipelineCount> {
         if let Frame::Message(m) = frame {
             count.events += u64::from(m.event().is_some());
             tracker.on_message(&m, Micros(0), &mut outputs);
-            count.calls += outputs
-                .iter()
-                .filter(|o| matches!(o, Output::Finished(_)))
-                .count() as u64;
+            count.calls += commands::finished_count(&outputs) as u64;
             outputs.clear();
         }
     }
     tracker.finish(&mut outputs);
-    count.calls += outputs
-        .iter()
-        .filter(|o| matches!(o, Output::Finished(_)))
-        .count() as u64;
+    count.calls += commands::finished_count(&outputs) as u64;
     count.peak_live_calls = tracker.peak_live_calls();
     Ok(count)
 }

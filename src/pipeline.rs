@@ -71,12 +71,7 @@ impl Pipeline {
     }
 
     /// Every record the triggers firing at `on` make for `call`, in trigger order.
-    pub fn records(
-        &self,
-        pbx: &str,
-        call: &Call,
-        on: On,
-    ) -> Result<Vec<(RecordKind, NewActivity)>, String> {
+    pub fn records(&self, pbx: &str, call: &Call, on: On) -> Result<Vec<NewActivity>, String> {
         let mut out = Vec::new();
         for trigger in self.rules.fire(call, on) {
             for action in &trigger.actions {
@@ -111,20 +106,17 @@ impl Pipeline {
                     if let (RecordKind::Call, Some(field)) = (kind, &conf.unique_field) {
                         payload.insert(field.clone(), json!(unique_key));
                     }
-                    out.push((
-                        kind,
-                        NewActivity {
-                            unique_key,
-                            trigger: trigger.name.clone(),
-                            module: kind.module().into(),
-                            configuration: name.clone(),
-                            account: conf.account.clone(),
-                            payload,
-                            workflows: conf.workflows.clone(),
-                            agent_email: call.agent_email.clone(),
-                            remote_number: remote_number(call).map(str::to_string),
-                        },
-                    ));
+                    out.push(NewActivity {
+                        unique_key,
+                        trigger: trigger.name.clone(),
+                        module: kind.module().into(),
+                        configuration: name.clone(),
+                        account: conf.account.clone(),
+                        payload,
+                        workflows: conf.workflows.clone(),
+                        agent_email: call.agent_email.clone(),
+                        remote_number: remote_number(call).map(str::to_string),
+                    });
                 }
             }
         }
@@ -137,16 +129,8 @@ impl Pipeline {
         Ok(self
             .records("replay", call, On::End)?
             .into_iter()
-            .map(|(kind, a)| {
-                let mut record = a.payload;
-                if let Some(conf) = self.cfg.zoho.configurations.get(&a.configuration) {
-                    if let Some(field) = &conf.unique_field {
-                        if kind == RecordKind::Call {
-                            record.insert(field.clone(), json!(activity::unique_key(call, &a.trigger)));
-                        }
-                    }
-                }
-                json!({ "linkedid": call.linkedid, "trigger": a.trigger, "module": kind.module(), "record": record })
+            .map(|a| {
+                json!({ "linkedid": call.linkedid, "trigger": a.trigger, "module": a.module, "record": a.payload })
             })
             .collect())
     }

@@ -36,6 +36,8 @@ struct Options {
     unique_field: bool,
     timeout_seconds: Option<f64>,
     store_url: Option<String>,
+    /// Stream the capture to every connection (bridges on one PBX), not to the first only.
+    every_connection: bool,
 }
 
 fn truth_linkedids(path: &str) -> Vec<String> {
@@ -68,7 +70,7 @@ impl Rig {
             body,
             answer_ping: true,
             cut_at: opts.cut_at,
-            once: true,
+            once: !opts.every_connection,
         })
         .await;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -486,23 +488,11 @@ async fn two_bridges_share_one_postgres_outbox() {
     };
     let opts = Options {
         store_url: Some(url),
-        unique_field: false,
+        // Both bridges get the whole stream, as two bridges on one PBX would.
+        every_connection: true,
         ..Options::default()
     };
-    let mut rig = Rig::start(opts.clone()).await;
-    rig.ami.state.lock().unwrap().connections = 0;
-    // Both bridges get the whole stream, as two bridges on one PBX would.
-    let body = capture_body(&support::read_capture(&support::root().join(CAPTURE)));
-    rig.ami = AmiServer::start(ServerConfig {
-        username: "bridge".into(),
-        secret: AMI_SECRET.into(),
-        body,
-        answer_ping: true,
-        cut_at: None,
-        once: false,
-    })
-    .await;
-    rig.write_config("a", &opts);
+    let rig = Rig::start(opts.clone()).await;
     rig.write_config("b", &opts);
     for f in on_insert(Fault::Slow(Duration::from_millis(150)), 30) {
         rig.sim.inject(f);

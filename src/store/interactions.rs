@@ -65,12 +65,6 @@ pub fn remote_number(call: &Call) -> Option<&str> {
     }
 }
 
-fn time(micros: Option<i64>) -> Option<String> {
-    micros
-        .and_then(|m| jiff::Timestamp::from_microsecond(m).ok())
-        .map(|t| t.to_string())
-}
-
 pub(super) async fn insert(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     pbx: &str,
@@ -140,9 +134,9 @@ fn interaction(r: &AnyRow) -> Result<Interaction, StoreError> {
         agent: r.try_get("agent")?,
         agent_email: r.try_get("agent_email")?,
         outbound_route: r.try_get("outbound_route")?,
-        started_at: time(r.try_get("started_at")?),
-        answered_at: time(r.try_get("answered_at")?),
-        ended_at: time(r.try_get("ended_at")?),
+        started_at: super::rfc3339(r.try_get("started_at")?),
+        answered_at: super::rfc3339(r.try_get("answered_at")?),
+        ended_at: super::rfc3339(r.try_get("ended_at")?),
         ring_seconds: r.try_get("ring_seconds")?,
         talk_seconds: r.try_get("talk_seconds")?,
         contact_id: r.try_get("contact_id")?,

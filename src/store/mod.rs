@@ -69,6 +69,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A stored time (microseconds since the epoch) as RFC 3339, for people and JSON.
+fn rfc3339(micros: Option<i64>) -> Option<String> {
+    micros
+        .and_then(|m| jiff::Timestamp::from_microsecond(m).ok())
+        .map(|t| t.to_string())
+}
+
 /// Now, in microseconds since the epoch (the unit of every time column).
 pub fn now_micros() -> i64 {
     jiff::Timestamp::now().as_microsecond()
@@ -144,11 +151,5 @@ impl Store {
     /// Closes every connection (after in-flight queries end).
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// A cheap round trip, for readiness.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 }

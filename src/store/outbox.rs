@@ -32,21 +32,13 @@ pub struct NewActivity {
     pub remote_number: Option<String>,
 }
 
-/// A row a worker holds.
+/// A row a worker holds: the record as it was stored, and the delivery state around it.
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub id: i64,
-    pub unique_key: String,
     pub pbx: String,
     pub linkedid: String,
-    pub trigger: String,
-    pub module: String,
-    pub configuration: String,
-    pub account: String,
-    pub payload: Map<String, Value>,
-    pub workflows: Option<Vec<String>>,
-    pub agent_email: Option<String>,
-    pub remote_number: Option<String>,
+    pub record: NewActivity,
     pub attempts: i64,
     pub unknown_outcome: bool,
     pub finalised_at: i64,
@@ -120,10 +112,9 @@ pub struct OutboxStats {
     pub oldest_due_seconds: f64,
 }
 
-fn rfc3339(micros: Option<i64>) -> Option<String> {
-    micros
-        .and_then(|m| jiff::Timestamp::from_microsecond(m).ok())
-        .map(|t| t.to_string())
+/// Row ids for an `IN (...)` list: integers, so nothing to escape.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn opt_text(v: &Option<String>) -> Option<&str> {
@@ -139,17 +130,19 @@ fn leased(row: &AnyRow) -> Result<Leased, StoreError> {
     let workflows: Option<String> = row.try_get("workflows")?;
     Ok(Leased {
         id: row.try_get("id")?,
-        unique_key: row.try_get("unique_key")?,
         pbx: row.try_get("pbx")?,
         linkedid: row.try_get("linkedid")?,
-        trigger: row.try_get("trigger_name")?,
-        module: row.try_get("module")?,
-        configuration: row.try_get("configuration")?,
-        account: row.try_get("account")?,
-        payload,
-        workflows: workflows.and_then(|w| serde_json::from_str(&w).ok()),
-        agent_email: row.try_get("agent_email")?,
-        remote_number: row.try_get("remote_number")?,
+        record: NewActivity {
+            unique_key: row.try_get("unique_key")?,
+            trigger: row.try_get("trigger_name")?,
+            module: row.try_get("module")?,
+            configuration: row.try_get("configuration")?,
+            account: row.try_get("account")?,
+            payload,
+            workflows: workflows.and_then(|w| serde_json::from_str(&w).ok()),
+            agent_email: row.try_get("agent_email")?,
+            remote_number: row.try_get("remote_number")?,
+        },
         attempts: row.try_get("attempts")?,
         unknown_outcome: row.try_get::<i64, _>("unknown_outcome")? != 0,
         finalised_at: row.try_get("finalised_at")?,
@@ -168,14 +161,15 @@ impl Store {
         activities: &[NewActivity],
         finalised_at: i64,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        super::interactions::insert(&mut tx, pbx, call, remote_e164).await?;
-        let mut added = 0;
-        for a in activities {
-            added += insert_activity(&mut tx, pbx, &call.linkedid.0, a, finalised_at).await?;
-        }
-        tx.commit().await?;
-        Ok(added)
+        let linkedid = &call.linkedid.0;
+        self.record(
+            pbx,
+            linkedid,
+            Some((call, remote_e164)),
+            activities,
+            finalised_at,
+        )
+        .await
     }
 
     /// Stores the records of a live moment (ring, answer ...), before the call is finished.
@@ -186,7 +180,21 @@ impl Store {
         activities: &[NewActivity],
         at: i64,
     ) -> Result<usize, StoreError> {
+        self.record(pbx, linkedid, None, activities, at).await
+    }
+
+    async fn record(
+        &self,
+        pbx: &str,
+        linkedid: &str,
+        call: Option<(&Call, Option<&str>)>,
+        activities: &[NewActivity],
+        at: i64,
+    ) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some((call, remote_e164)) = call {
+            super::interactions::insert(&mut tx, pbx, call, remote_e164).await?;
+        }
         let mut added = 0;
         for a in activities {
             added += insert_activity(&mut tx, pbx, linkedid, a, at).await?;
@@ -243,11 +251,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let now = now_micros();
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         let held: Vec<i64> = sqlx::query_scalar(&format!(
             "UPDATE outbox SET lease_until = $1
-             WHERE id IN ({list}) AND lease_owner = $2 AND lease_until > $3 AND state = 'pending'
-             RETURNING id"
+             WHERE id IN ({}) AND lease_owner = $2 AND lease_until > $3 AND state = 'pending'
+             RETURNING id",
+            id_list(ids)
         ))
         .bind(now + lease_micros)
         .bind(owner)
@@ -259,15 +267,16 @@ impl Store {
 
     /// Notes when the first request for these rows started (for the latency benchmark).
     pub async fn mark_requested(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
-        for id in ids {
-            sqlx::query(
-                "UPDATE outbox SET first_request_at = $1 WHERE id = $2 AND first_request_at IS NULL",
-            )
-            .bind(at)
-            .bind(*id)
-            .execute(&self.pool)
-            .await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        sqlx::query(&format!(
+            "UPDATE outbox SET first_request_at = $1 WHERE id IN ({}) AND first_request_at IS NULL",
+            id_list(ids)
+        ))
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -293,7 +302,7 @@ impl Store {
         .await?
         .rows_affected();
         if done == 1 {
-            let activity = (row.module == "Calls").then_some(d.zoho_id.as_str());
+            let activity = (row.record.module == "Calls").then_some(d.zoho_id.as_str());
             sqlx::query(
                 "UPDATE interactions SET
                     contact_id = COALESCE($1, contact_id), lead_id = COALESCE($2, lead_id),
@@ -354,21 +363,6 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n == 1)
-    }
-
-    /// Gives rows back without counting an attempt (shutdown before they were sent).
-    pub async fn release(&self, rows: &[Leased], owner: &str) -> Result<(), StoreError> {
-        for row in rows {
-            sqlx::query(
-                "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, attempts = attempts - 1
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-            )
-            .bind(row.id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
     }
 
     /// Rows for operators, newest first; `state` filters.
@@ -499,13 +493,13 @@ fn operator_row(r: &AnyRow) -> Result<OutboxRow, StoreError> {
         module: r.try_get("module")?,
         state: r.try_get("state")?,
         attempts: r.try_get("attempts")?,
-        next_attempt_at: rfc3339(r.try_get("next_attempt_at")?),
+        next_attempt_at: super::rfc3339(r.try_get("next_attempt_at")?),
         lease_owner: r.try_get("lease_owner")?,
         unknown_outcome: r.try_get::<i64, _>("unknown_outcome")? != 0,
         zoho_id: r.try_get("zoho_id")?,
         last_error: r.try_get("last_error")?,
-        created_at: rfc3339(r.try_get("created_at")?),
-        delivered_at: rfc3339(r.try_get("delivered_at")?),
+        created_at: super::rfc3339(r.try_get("created_at")?),
+        delivered_at: super::rfc3339(r.try_get("delivered_at")?),
         payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
     })
 }

@@ -129,6 +129,23 @@ pub struct Renderer<'a> {
     pub tz: &'a jiff::tz::TimeZone,
 }
 
+/// The template variables and a record holding the rendered subject (Zoho's 255-char cap).
+fn begin(
+    templates: &Templates,
+    call: &Call,
+    trigger: &str,
+    tz: &jiff::tz::TimeZone,
+    subject: &str,
+) -> Result<(Value, Map<String, Value>), String> {
+    let ctx = template_context(call, trigger, tz);
+    let mut r = Map::new();
+    r.insert(
+        "Subject".into(),
+        json!(truncate(&templates.render(subject, &ctx)?, 255)),
+    );
+    Ok((ctx, r))
+}
+
 /// The Call record for `call` as fired by `trigger`.
 pub fn render_call(
     r: Renderer<'_>,
@@ -141,13 +158,8 @@ pub fn render_call(
         templates,
         tz,
     } = r;
-    let ctx = template_context(call, trigger, tz);
+    let (ctx, mut r) = begin(templates, call, trigger, tz, SUBJECT)?;
     let call_type = CallType::of(call);
-    let mut r = Map::new();
-    r.insert(
-        "Subject".into(),
-        json!(truncate(&templates.render(SUBJECT, &ctx)?, 255)),
-    );
     r.insert("Call_Type".into(), json!(call_type.as_str()));
     let start = zoho_time(call.started_at, tz).ok_or("the call's start time is out of range")?;
     r.insert("Call_Start_Time".into(), json!(start));
@@ -194,9 +206,6 @@ pub fn render_call(
         };
         r.insert(name.clone(), v);
     }
-    if let Some(field) = &conf.unique_field {
-        r.insert(field.clone(), json!(unique_key(call, trigger)));
-    }
     if let Some(l) = lookups {
         link(&mut r, l);
     }
@@ -215,12 +224,7 @@ pub fn render_task(
         templates,
         tz,
     } = r;
-    let ctx = template_context(call, trigger, tz);
-    let mut r = Map::new();
-    r.insert(
-        "Subject".into(),
-        json!(truncate(&templates.render(TASK_SUBJECT, &ctx)?, 255)),
-    );
+    let (ctx, mut r) = begin(templates, call, trigger, tz, TASK_SUBJECT)?;
     let due_secs = call.ended_at.0.div_euclid(1_000_000) + i64::from(conf.task_due_days) * 86_400;
     let due = jiff::Timestamp::from_second(due_secs)
         .map_err(|e| e.to_string())?
@@ -250,11 +254,6 @@ pub fn link(r: &mut Map<String, Value>, l: &Lookups) {
         r.insert("What_Id".into(), json!({ "id": id }));
         r.insert("$se_module".into(), json!("Leads"));
     }
-}
-
-/// The bridge's id of one activity: the call and the trigger that made it.
-pub fn unique_key(call: &Call, trigger: &str) -> String {
-    format!("{}:{}", call.linkedid, trigger)
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

@@ -710,8 +710,6 @@ fn parse_criteria(text: &str) -> Option<Vec<(String, String)>> {
                 escaped = false;
             } else if c == '\\' {
                 escaped = true;
-                // Keep a marker so a colon in a value is not a separator.
-                group.push('\u{1}');
             } else if c == ')' {
                 break;
             } else {
@@ -723,7 +721,7 @@ fn parse_criteria(text: &str) -> Option<Vec<(String, String)>> {
         if op != "equals" {
             return None;
         }
-        out.push((field.to_string(), value.replace('\u{1}', "")));
+        out.push((field.to_string(), value.to_string()));
         match chars.peek() {
             None => return Some(out),
             Some(_) => {

@@ -207,6 +207,13 @@ pub struct AccountConfig {
     pub phone_cache_seconds: u64,
     /// Trailing digits used for the last-resort phone match (0 turns it off).
     pub match_last_digits: usize,
+    /// Keep a local index of Contacts' and Leads' numbers (read 200 at a time, refreshed with
+    /// If-Modified-Since) instead of searching Zoho for every new caller.
+    pub phone_index: bool,
+    /// How often the index asks Zoho for changed records.
+    pub phone_index_refresh_seconds: u64,
+    /// How often the index is read in full again (deleted records leave it then).
+    pub phone_index_rebuild_seconds: u64,
     /// Per-request timeout.
     pub timeout_seconds: f64,
 }
@@ -227,6 +234,9 @@ impl Default for AccountConfig {
             users_cache_seconds: 900,
             phone_cache_seconds: 600,
             match_last_digits: 9,
+            phone_index: true,
+            phone_index_refresh_seconds: 300,
+            phone_index_rebuild_seconds: 6 * 3600,
             timeout_seconds: 20.0,
         }
     }

@@ -31,6 +31,8 @@ struct Rig {
 
 #[derive(Default, Clone)]
 struct Options {
+    /// Overrides `Call_Purpose` of the default configuration (a value the org may not have).
+    call_purpose: Option<String>,
     cut_at: Option<usize>,
     /// Unique key field on the Zoho side; without it, unknown outcomes are checked by search.
     unique_field: bool,
@@ -118,6 +120,12 @@ impl Rig {
             "timeout_seconds".into(),
             opts.timeout_seconds.unwrap_or(1.0).into(),
         );
+        if let Some(p) = &opts.call_purpose {
+            zoho["configurations"]["default"]["fields"]
+                .as_table_mut()
+                .expect("fields")
+                .insert("Call_Purpose".into(), p.clone().into());
+        }
         if opts.unique_field {
             zoho["configurations"]["default"]
                 .as_table_mut()
@@ -520,4 +528,89 @@ async fn two_bridges_share_one_postgres_outbox() {
         n,
         "each row delivered by one bridge"
     );
+}
+
+fn run_cli(rig: &Rig, args: &[&str]) -> std::process::Output {
+    support::bridge()
+        .args(args)
+        .arg("--config")
+        .arg(rig.config("a"))
+        .env("ZOHO_CLIENT_SECRET", CLIENT_SECRET)
+        .output()
+        .expect("run the binary")
+}
+
+/// `replay --deliver` on a capture whose records Zoho refuses (a picklist value the org does
+/// not have): the rows are parked with Zoho's reason; `outbox list/show` show it; once the
+/// administrator adds the value, `outbox retry` and the next run deliver them, and replaying
+/// the same capture again stores and sends nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_parked_shown_and_retried() {
+    let rig = Rig::start(Options {
+        call_purpose: Some("Upselling".into()),
+        ..Options::default()
+    })
+    .await;
+    let capture = support::root().join("fixtures/ami-sip/mixed-small.ami");
+    let capture = capture.to_str().expect("path");
+    let replay = |rig: &Rig| {
+        let out = run_cli(rig, &["replay", capture, "--deliver", "--wait", "30"]);
+        let text = support::success_stdout(&out);
+        serde_json::from_str::<Value>(text.trim()).expect("summary line")
+    };
+    let cli = |rig: &Rig, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::success_stdout(&run_cli(rig, &args))
+    };
+    let first = tokio::task::block_in_place(|| replay(&rig));
+    assert_eq!(first["calls"], 5, "mixed-small has five calls (truth file)");
+    assert_eq!(
+        (first["delivered"].as_i64(), first["failed"].as_i64()),
+        (Some(0), Some(5))
+    );
+    assert!(rig.sim.records("Calls").is_empty());
+
+    let listed = tokio::task::block_in_place(|| {
+        cli(
+            &rig,
+            ["outbox", "list", "--state", "failed", "--json"]
+                .map(String::from)
+                .to_vec(),
+        )
+    });
+    let rows: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row json"))
+        .collect();
+    assert_eq!(rows.len(), 5);
+    for r in &rows {
+        let err = r["last_error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("INVALID_DATA") && err.contains("Call_Purpose"),
+            "{err}"
+        );
+    }
+    let id = rows[0]["id"].as_i64().expect("id").to_string();
+    let shown = tokio::task::block_in_place(|| cli(&rig, vec!["outbox".into(), "show".into(), id]));
+    let shown: Value = serde_json::from_str(&shown).expect("show json");
+    assert_eq!(shown["payload"]["Call_Purpose"], "Upselling");
+    assert_eq!(shown["state"], "failed");
+
+    rig.sim.allow_picklist_value("Call_Purpose", "Upselling");
+    let retried = tokio::task::block_in_place(|| {
+        cli(
+            &rig,
+            ["outbox", "retry", "--all-failed"]
+                .map(String::from)
+                .to_vec(),
+        )
+    });
+    assert!(retried.starts_with("5 row(s)"), "{retried}");
+    let second = tokio::task::block_in_place(|| replay(&rig));
+    assert_eq!(
+        (second["delivered"].as_i64(), second["failed"].as_i64()),
+        (Some(5), Some(0))
+    );
+    let truth = truth_linkedids("fixtures/ami-sip/mixed-small.truth.json");
+    assert_eq!(rig.delivered(), truth, "each call once, after the retry");
 }

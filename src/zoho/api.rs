@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::oauth::OAuth;
+use super::phonebook::{phone_fields, PhoneBook};
 use super::{Retry, ZohoError};
 use crate::config::AccountConfig;
 use crate::phone;
@@ -27,7 +28,7 @@ pub struct User {
 }
 
 /// Where a phone number was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Module {
     Contacts,
     Leads,
@@ -71,6 +72,30 @@ pub struct Owner {
     pub fallback: bool,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct IndexSettings {
+    refresh: Duration,
+    rebuild: Duration,
+}
+
+/// The phone index and when it was read; after a failed read, searches serve for a while.
+#[derive(Default)]
+struct IndexState {
+    built: Option<BuiltIndex>,
+    failed_at: Option<Instant>,
+}
+
+struct BuiltIndex {
+    book: PhoneBook,
+    built: Instant,
+    refreshed: Instant,
+    /// Wall time the last read started: the next one asks for records modified since.
+    since: jiff::Timestamp,
+}
+
+/// After the index cannot be read, how long lookups search Zoho instead of trying again.
+const INDEX_RETRY: Duration = Duration::from_secs(60);
+
 struct UserCache {
     at: Instant,
     by_email: HashMap<String, User>,
@@ -90,6 +115,9 @@ pub struct ZohoApi {
     users: Mutex<Option<UserCache>>,
     admin: Mutex<Option<User>>,
     phones: Mutex<HashMap<String, (Instant, Option<PhoneMatch>)>>,
+    /// `Some` when the phone index is on.
+    index: Option<IndexSettings>,
+    book: Mutex<IndexState>,
     requests: std::sync::atomic::AtomicU64,
 }
 
@@ -121,6 +149,11 @@ impl ZohoApi {
             users: Mutex::new(None),
             admin: Mutex::new(None),
             phones: Mutex::new(HashMap::new()),
+            index: cfg.phone_index.then(|| IndexSettings {
+                refresh: Duration::from_secs(cfg.phone_index_refresh_seconds),
+                rebuild: Duration::from_secs(cfg.phone_index_rebuild_seconds),
+            }),
+            book: Mutex::new(IndexState::default()),
             requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -141,6 +174,18 @@ impl ZohoApi {
         path: &str,
         query: &[(&str, &str)],
         body: Option<&Value>,
+    ) -> Result<Answer, ZohoError> {
+        self.request_with(method, path, query, body, &[]).await
+    }
+
+    /// [`Self::request`] with extra headers (`If-Modified-Since`).
+    async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        headers: &[(&str, String)],
     ) -> Result<Answer, ZohoError> {
         let _permit = self
             .permits
@@ -167,6 +212,9 @@ impl ZohoApi {
                     format!("Zoho-oauthtoken {}", access.token.expose()),
                 )
                 .query(query);
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -376,6 +424,11 @@ impl ZohoApi {
         if key.len() < 3 {
             return Ok(None);
         }
+        if let Some(settings) = self.index {
+            if let Some(found) = self.indexed(settings, number).await {
+                return Ok(found);
+            }
+        }
         if let Some((at, hit)) = self.phones.lock().await.get(&key) {
             if at.elapsed() < self.phone_ttl {
                 return Ok(hit.clone());
@@ -405,6 +458,133 @@ impl ZohoApi {
             .await
             .insert(key, (Instant::now(), found.clone()));
         Ok(found)
+    }
+
+    /// A lookup in the phone index, reading or refreshing it first when due. `None` when the
+    /// index cannot be read (the caller searches Zoho instead).
+    async fn indexed(&self, settings: IndexSettings, number: &str) -> Option<Option<PhoneMatch>> {
+        let mut state = self.book.lock().await;
+        if state.failed_at.is_some_and(|t| t.elapsed() < INDEX_RETRY) {
+            return None;
+        }
+        let read = match &mut state.built {
+            Some(b) if b.built.elapsed() < settings.rebuild => {
+                if b.refreshed.elapsed() < settings.refresh {
+                    Ok(())
+                } else {
+                    self.refresh_index(b).await
+                }
+            }
+            _ => self.build_index().await.map(|b| state.built = Some(b)),
+        };
+        match read {
+            Ok(()) => {
+                state.failed_at = None;
+                state.built.as_ref().map(|b| b.book.lookup(number))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Contacts and Leads for the phone index: searching Zoho for callers for now");
+                state.failed_at = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    async fn build_index(&self) -> Result<BuiltIndex, ZohoError> {
+        let since = jiff::Timestamp::now();
+        let mut book = PhoneBook::new(self.country, self.last_digits);
+        for module in [Module::Contacts, Module::Leads] {
+            self.read_people(module, None, &mut book).await?;
+        }
+        tracing::info!(
+            records = book.len(),
+            "phone index of Contacts and Leads read"
+        );
+        Ok(BuiltIndex {
+            book,
+            built: Instant::now(),
+            refreshed: Instant::now(),
+            since,
+        })
+    }
+
+    async fn refresh_index(&self, b: &mut BuiltIndex) -> Result<(), ZohoError> {
+        let since = jiff::Timestamp::now();
+        // A minute of overlap: records saved while the last read ran are read again.
+        let from = b.since - jiff::SignedDuration::from_secs(60);
+        for module in [Module::Contacts, Module::Leads] {
+            self.read_people(module, Some(from), &mut b.book).await?;
+        }
+        b.since = since;
+        b.refreshed = Instant::now();
+        Ok(())
+    }
+
+    /// Reads a module's records (all, or those modified since `since`) into `book`, 200 a
+    /// request, following Zoho's page tokens past its 2000-record page limit.
+    async fn read_people(
+        &self,
+        module: Module,
+        since: Option<jiff::Timestamp>,
+        book: &mut PhoneBook,
+    ) -> Result<(), ZohoError> {
+        let mut fields = vec!["Full_Name", "Last_Name", "Owner", "Modified_Time"];
+        fields.extend_from_slice(phone_fields(module));
+        let fields = fields.join(",");
+        let headers: Vec<(&str, String)> = since
+            .map(|t| {
+                let t = t
+                    .to_zoned(jiff::tz::TimeZone::UTC)
+                    .strftime("%Y-%m-%dT%H:%M:%S%:z");
+                vec![("If-Modified-Since", t.to_string())]
+            })
+            .unwrap_or_default();
+        let mut page = 1u32;
+        let mut token: Option<String> = None;
+        loop {
+            let page_text = page.to_string();
+            let mut q = vec![
+                ("fields", fields.as_str()),
+                ("per_page", "200"),
+                ("sort_by", "Modified_Time"),
+                ("sort_order", "asc"),
+            ];
+            match &token {
+                Some(t) => q.push(("page_token", t.as_str())),
+                None => q.push(("page", page_text.as_str())),
+            }
+            let a = self
+                .request_with(Method::GET, module.as_str(), &q, None, &headers)
+                .await?;
+            match a.status {
+                // Nothing (new) to read.
+                204 | 304 => return Ok(()),
+                200 => {}
+                _ => return Err(Self::fail(&a, &format!("reading {}", module.as_str()))),
+            }
+            let body = a.body.unwrap_or_default();
+            for r in body
+                .get("data")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                book.upsert(module, r);
+            }
+            let info = body.get("info");
+            let more = info
+                .and_then(|i| i.get("more_records"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if !more {
+                return Ok(());
+            }
+            token = info
+                .and_then(|i| i.get("next_page_token"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            page += 1;
+        }
     }
 
     async fn search(

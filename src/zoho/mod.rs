@@ -4,6 +4,7 @@
 pub mod activity;
 pub mod api;
 pub mod oauth;
+pub mod phonebook;
 pub mod sim;
 
 use std::fmt;

@@ -163,6 +163,8 @@ struct Inner {
     faults: VecDeque<Fault>,
     next_id: u64,
     stats: SimStats,
+    /// Modified_Time of Contacts and Leads added or changed after the seed.
+    modified: HashMap<String, String>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -203,6 +205,7 @@ impl SimHandle {
             faults: VecDeque::new(),
             next_id: 5_725_767_000_000_600_000,
             stats: SimStats::default(),
+            modified: HashMap::new(),
         };
         for c in &seed.grant_codes {
             let expires = Instant::now() + inner.limits.code_lifetime;
@@ -223,7 +226,10 @@ impl SimHandle {
             .route("/{dc}/oauth/v2/token/revoke", post(revoke))
             .route("/{dc}/crm/{version}/users", get(users))
             .route("/{dc}/crm/{version}/{module}/search", get(search))
-            .route("/{dc}/crm/{version}/{module}", post(insert))
+            .route(
+                "/{dc}/crm/{version}/{module}",
+                post(insert).get(list_people),
+            )
             .route("/sim/codes", post(new_code))
             .route("/sim/records/{module}", get(list_records))
             .with_state(inner.clone());
@@ -274,6 +280,29 @@ impl SimHandle {
             .get(module)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Adds (or replaces, by id) a Contact or Lead, modified now, as a user editing the CRM.
+    pub fn upsert_person(&self, module: &str, person: SimPerson) {
+        let mut g = lock(&self.inner);
+        g.modified.insert(person.id.clone(), zoho_now());
+        let list = if module == "Leads" {
+            &mut g.seed.leads
+        } else {
+            &mut g.seed.contacts
+        };
+        list.retain(|p| p.id != person.id);
+        list.push(person);
+    }
+
+    /// Adds a value to an org picklist (`Call_Purpose` ...), as an administrator would.
+    pub fn allow_picklist_value(&self, field: &str, value: &str) {
+        lock(&self.inner)
+            .seed
+            .picklists
+            .entry(field.to_string())
+            .or_default()
+            .push(value.to_string());
     }
 
     pub fn stats(&self) -> SimStats {
@@ -675,21 +704,136 @@ async fn search(
     if hits.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    let data: Vec<Value> = hits
-        .iter()
-        .map(|p| {
-            let mut r = json!({ "id": p.id, "Full_Name": p.full_name, "Modified_Time": "2026-01-01T00:00:00+00:00" });
-            for (k, v) in &p.phones {
-                r[k] = json!(v);
-            }
-            if let Some(e) = &p.owner_email {
-                r["Owner"] = json!({ "email": e });
-            }
-            r
-        })
-        .collect();
+    let data: Vec<Value> = hits.iter().map(|p| person_json(&g, p)).collect();
     Json(json!({ "data": data, "info": { "count": data.len(), "more_records": false } }))
         .into_response()
+}
+
+/// Now, as Zoho writes times (seconds, with the offset).
+fn zoho_now() -> String {
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+/// Seeded records were last modified at this time; records added later carry their own.
+const SEED_MODIFIED: &str = "2026-01-01T00:00:00+00:00";
+
+fn modified_time<'a>(g: &'a Inner, p: &SimPerson) -> &'a str {
+    g.modified.get(&p.id).map_or(SEED_MODIFIED, String::as_str)
+}
+
+/// A Contact or Lead as the CRM API shows it.
+fn person_json(g: &Inner, p: &SimPerson) -> Value {
+    let mut r =
+        json!({ "id": p.id, "Full_Name": p.full_name, "Modified_Time": modified_time(g, p) });
+    for (k, v) in &p.phones {
+        r[k] = json!(v);
+    }
+    if let Some(e) = &p.owner_email {
+        r["Owner"] = json!({ "email": e });
+    }
+    r
+}
+
+/// `GET /{module}`: records page by page (`page` up to 2000 records, then `page_token`),
+/// only those modified after `If-Modified-Since` when given (304 when none).
+async fn list_people(
+    State(inner): State<Shared>,
+    Path((dc, _version, module)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if module != "Contacts" && module != "Leads" {
+        return crm_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_MODULE",
+            "the module name given seems to be invalid",
+            json!({}),
+        );
+    }
+    if let (Some(r), _) = gate(&inner, &headers, &dc, &module_scopes(&module, &["READ"])).await {
+        return r;
+    }
+    if !q.contains_key("fields") {
+        return crm_error(
+            StatusCode::BAD_REQUEST,
+            "REQUIRED_PARAM_MISSING",
+            "One of the expected parameter is missing",
+            json!({ "param": "fields" }),
+        );
+    }
+    let per_page: usize = q
+        .get("per_page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+        .clamp(1, 200);
+    let page: usize = match (q.get("page_token"), q.get("page")) {
+        (Some(t), _) => match t.strip_prefix("sim-page-").and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => {
+                return crm_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_DATA",
+                    "invalid page token",
+                    json!({ "param": "page_token" }),
+                )
+            }
+        },
+        (None, Some(p)) => p.parse().unwrap_or(1).max(1),
+        (None, None) => 1,
+    };
+    if !q.contains_key("page_token") && page * per_page > 2000 {
+        return crm_error(
+            StatusCode::BAD_REQUEST,
+            "DISCRETE_PAGINATION_LIMIT_EXCEEDED",
+            "cannot fetch more than 2000 records without page_token",
+            json!({}),
+        );
+    }
+    let since = headers
+        .get("if-modified-since")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<jiff::Timestamp>().ok());
+    let g = lock(&inner);
+    let people = if module == "Contacts" {
+        &g.seed.contacts
+    } else {
+        &g.seed.leads
+    };
+    let mut chosen: Vec<&SimPerson> = people
+        .iter()
+        .filter(|p| {
+            since.is_none_or(|s| {
+                modified_time(&g, p)
+                    .parse::<jiff::Timestamp>()
+                    .is_ok_and(|m| m > s)
+            })
+        })
+        .collect();
+    chosen.sort_by_key(|p| modified_time(&g, p).to_string());
+    if chosen.is_empty() {
+        return if since.is_some() {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            StatusCode::NO_CONTENT.into_response()
+        };
+    }
+    let start = (page - 1) * per_page;
+    let data: Vec<Value> = chosen
+        .iter()
+        .skip(start)
+        .take(per_page)
+        .map(|p| person_json(&g, p))
+        .collect();
+    let more = chosen.len() > start + per_page;
+    let mut info =
+        json!({ "per_page": per_page, "count": data.len(), "page": page, "more_records": more });
+    if more {
+        info["next_page_token"] = json!(format!("sim-page-{}", page + 1));
+    }
+    Json(json!({ "data": data, "info": info })).into_response()
 }
 
 /// `(Field:equals:value)and(...)`, values with `\\`-escaped `( ) , \\`: the subset of

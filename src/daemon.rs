@@ -255,6 +255,26 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let stop_ingest = CancellationToken::new();
     let stop_workers = CancellationToken::new();
     let workers = bridge.delivery.spawn(stop_workers.clone());
+    let stop_http = CancellationToken::new();
+    let http = if cfg.http.listen.is_empty() {
+        None
+    } else {
+        let router =
+            crate::http::router(&cfg, bridge.store.clone()).map_err(DaemonError::Config)?;
+        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .map_err(|e| {
+                DaemonError::Config(format!(
+                    "key http.listen: cannot listen on {}: {e}",
+                    cfg.http.listen
+                ))
+            })?;
+        Some(tokio::spawn(crate::http::serve(
+            listener,
+            router,
+            stop_http.clone(),
+        )))
+    };
     let mut sources = tokio::task::JoinSet::new();
     for (i, p) in cfg.pbx.iter().enumerate() {
         sources.spawn(ingest_pbx(
@@ -288,6 +308,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .is_err()
     {
         tracing::warn!("deliveries still in flight after 30 s; their leases will run out and they will be checked first next time");
+    }
+    stop_http.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
     }
     bridge.store.close().await;
     tracing::info!("stopped");

@@ -8,6 +8,7 @@ pub mod calls;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod http;
 pub mod phone;
 pub mod pipeline;
 pub mod secret;

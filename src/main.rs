@@ -74,6 +74,34 @@ enum Command {
         #[arg(long, default_value = "ami-zoho-bridge.toml")]
         config: PathBuf,
     },
+    /// Find stored calls by the Contact's or Lead's phone (any written form) or the user's e-mail.
+    Search {
+        /// Calls linked to a Contact with this number.
+        #[arg(long)]
+        contact_phone: Option<String>,
+        /// Calls linked to a Lead with this number.
+        #[arg(long)]
+        lead_phone: Option<String>,
+        /// Calls owned by this Zoho user (or handled by this agent's e-mail).
+        #[arg(long)]
+        user_email: Option<String>,
+        /// Calls with this far-end number, linked or not.
+        #[arg(long)]
+        phone: Option<String>,
+        /// Ended at or after (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// Ended before the end of (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        page: u32,
+        /// One JSON object per call instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
+    },
     /// Inspect and retry the outbox (the records waiting for, sent to or refused by Zoho).
     Outbox {
         #[arg(long, default_value = "ami-zoho-bridge.toml", global = true)]
@@ -260,6 +288,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime
                 .block_on(ami_zoho_bridge::daemon::run(cfg))
                 .map_err(commands::daemon_error)
+        }
+        Command::Search {
+            contact_phone,
+            lead_phone,
+            user_email,
+            phone,
+            from,
+            to,
+            page,
+            json,
+            config,
+        } => {
+            let cfg = load_config(Some(&config))?;
+            let filters = ami_zoho_bridge::http::Filters {
+                contact_phone,
+                lead_phone,
+                user_email,
+                phone,
+                from,
+                to,
+                page: Some(page),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::search(&cfg, &filters, json))
         }
         Command::Outbox { config, command } => {
             let cfg = load_config(Some(&config))?;

@@ -17,6 +17,7 @@ use support::ami_server::{capture_body, AmiServer, ServerConfig};
 const CLIENT_ID: &str = "1000.LABCLIENT";
 const CLIENT_SECRET: &str = "lab-client-secret";
 const AMI_SECRET: &str = "lab-ami-secret";
+const HTTP_TOKEN: &str = "lab-http-token";
 const CAPTURE: &str = "fixtures/ami-sip/busyhour-seed11.ami.gz";
 const TRUTH: &str = "fixtures/ami-sip/busyhour-seed11.truth.json";
 
@@ -31,6 +32,12 @@ struct Rig {
 
 #[derive(Default, Clone)]
 struct Options {
+    /// Another capture and its truth file than the busy hour.
+    capture: Option<(&'static str, &'static str)>,
+    /// Contacts added to the simulator's org: (id, name, phone).
+    contacts: Vec<(&'static str, &'static str, &'static str)>,
+    /// Serve the HTTP API on this port, with the token `HTTP_TOKEN`.
+    http_port: Option<u16>,
     /// Overrides `Call_Purpose` of the default configuration (a value the org may not have).
     call_purpose: Option<String>,
     cut_at: Option<usize>,
@@ -58,6 +65,14 @@ fn truth_linkedids(path: &str) -> Vec<String> {
 impl Rig {
     async fn start(opts: Options) -> Rig {
         let mut seed = sim::demo_seed();
+        for (id, name, phone) in &opts.contacts {
+            seed.contacts.push(sim::SimPerson {
+                id: id.to_string(),
+                full_name: name.to_string(),
+                phones: [("Phone".to_string(), phone.to_string())].into(),
+                owner_email: None,
+            });
+        }
         seed.clients.push(SimClient {
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
@@ -65,7 +80,8 @@ impl Rig {
         let sim = SimHandle::start("127.0.0.1:0".parse().unwrap(), seed, SimLimits::default())
             .await
             .expect("simulator");
-        let body = capture_body(&support::read_capture(&support::root().join(CAPTURE)));
+        let (capture, truth) = opts.capture.unwrap_or((CAPTURE, TRUTH));
+        let body = capture_body(&support::read_capture(&support::root().join(capture)));
         let ami = AmiServer::start(ServerConfig {
             username: "bridge".into(),
             secret: AMI_SECRET.into(),
@@ -84,7 +100,7 @@ impl Rig {
             sim,
             ami,
             dir,
-            expected: truth_linkedids(TRUTH),
+            expected: truth_linkedids(truth),
             store_url,
         };
         rig.write_config("a", &opts);
@@ -155,13 +171,18 @@ poll_seconds = 0.2
 instance = "{instance}"
 
 [http]
-listen = ""
+listen = "{http}"
+token = "{HTTP_TOKEN}"
 
 [agi]
 listen = ""
 "#,
             port = self.ami.port,
             store = self.store_url,
+            http = opts
+                .http_port
+                .map(|p| format!("127.0.0.1:{p}"))
+                .unwrap_or_default(),
         );
         let path = self.config(instance);
         std::fs::write(
@@ -613,4 +634,169 @@ async fn refused_records_are_parked_shown_and_retried() {
     );
     let truth = truth_linkedids("fixtures/ami-sip/mixed-small.truth.json");
     assert_eq!(rig.delivered(), truth, "each call once, after the retry");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Search from the CLI and the HTTP API after the daemon delivered `ami-sip/mixed-small`:
+/// by Contact phone, Lead phone and user e-mail, in any written form, and nothing else.
+/// Expected sets by hand from the truth file: .65 inbound from +390612345678 (the demo org's
+/// Lead "06 1234 5678"), agent 1003; .66 outbound to 0612345678 (same Lead), agent 1009 (no
+/// e-mail configured: the administrator owns it); .68 inbound from +393351112233 (a Contact
+/// added here); .76 outbound to 3391234567 (nobody in the org); .78 internal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_by_contact_lead_and_user_from_cli_and_api() {
+    let port = free_port();
+    let rig = Rig::start(Options {
+        capture: Some((
+            "fixtures/ami-sip/mixed-small.ami",
+            "fixtures/ami-sip/mixed-small.truth.json",
+        )),
+        contacts: vec![("5725767000000512077", "Sara Neri", "+39 335 111 2233")],
+        http_port: Some(port),
+        ..Options::default()
+    })
+    .await;
+    let mut child = rig.spawn("a");
+    let n = rig.expected.len();
+    rig.wait_until("every call delivered", 60, |r| {
+        r.sim.records("Calls").len() >= n
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let store = ami_zoho_bridge::store::Store::open(&rig.store_url)
+            .await
+            .expect("store");
+        let delivered = store.outbox_stats().await.expect("stats").delivered;
+        store.close().await;
+        if delivered as usize >= n {
+            break;
+        }
+        assert!(Instant::now() < until, "outcomes stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cli = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["search", "--json"];
+        all.extend_from_slice(args);
+        let out = run_cli(&rig, &all);
+        let mut ids: Vec<String> = support::success_stdout(&out)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("json line");
+                v["linkedid"].as_str().expect("linkedid").to_string()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let lead = vec!["1795465841.65".to_string(), "1795465842.66".to_string()];
+    let contact = vec!["1795465843.68".to_string()];
+    let agent = vec!["1795465841.65".to_string()];
+    tokio::task::block_in_place(|| {
+        for form in ["06 1234 5678", "+390612345678", "0039 06 12345678"] {
+            assert_eq!(cli(&["--lead-phone", form]), lead, "lead phone {form}");
+            assert!(
+                cli(&["--contact-phone", form]).is_empty(),
+                "a Lead is not a Contact"
+            );
+        }
+        for form in ["335 111 2233", "+39 335 1112233", "00393351112233"] {
+            assert_eq!(
+                cli(&["--contact-phone", form]),
+                contact,
+                "contact phone {form}"
+            );
+            assert!(cli(&["--lead-phone", form]).is_empty());
+        }
+        assert_eq!(cli(&["--user-email", "Agent1003@Example.com"]), agent);
+        assert!(cli(&["--user-email", "agent2001@example.com"]).is_empty());
+        assert_eq!(
+            cli(&["--phone", "339 123 4567"]),
+            vec!["1795465844.76".to_string()]
+        );
+        let bad = run_cli(&rig, &["search", "--phone", "not a number"]);
+        assert_eq!(bad.status.code(), Some(2), "a bad number is a usage error");
+    });
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let api = |query: &'static str, token: Option<&'static str>| {
+        let mut req = http.get(format!("{base}/api/interactions?{query}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let mut ids: Vec<String> = body["interactions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["linkedid"].as_str().map(str::to_string))
+                .collect();
+            ids.sort();
+            (status, ids, body)
+        }
+    };
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(api("lead_phone=06%201234%205678", None).await.0, 401);
+    assert_eq!(
+        api("lead_phone=06%201234%205678", Some("wrong")).await.0,
+        401
+    );
+    let (status, ids, body) = api("lead_phone=0039%2006%2012345678", Some(HTTP_TOKEN)).await;
+    assert_eq!((status, ids), (200, lead.clone()));
+    let url = body["interactions"][0]["zoho_url"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        url.starts_with("https://crm.zoho.eu/crm/tab/Calls/"),
+        "{url}"
+    );
+    assert_eq!(
+        api("contact_phone=%2B393351112233", Some(HTTP_TOKEN))
+            .await
+            .1,
+        contact
+    );
+    assert_eq!(
+        api("user_email=AGENT1003%40example.com", Some(HTTP_TOKEN))
+            .await
+            .1,
+        agent
+    );
+    assert_eq!(api("phone=nonsense", Some(HTTP_TOKEN)).await.0, 400);
+    // The page: a sign-in form without the token, the rows with it.
+    let page = http
+        .get(format!("{base}/?lead_phone=061234%205678"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 401);
+    assert!(page
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("Access token"));
+    let page = http
+        .get(format!("{base}/?lead_phone=061234%205678"))
+        .header("Cookie", format!("azb_token={HTTP_TOKEN}"))
+        .send()
+        .await
+        .expect("page");
+    let html = page.text().await.unwrap_or_default();
+    assert_eq!(html.matches("<tr class=\"row\">").count(), 2, "{html}");
+    terminate(&mut child);
 }

@@ -107,6 +107,7 @@ impl Bridge {
             match stored {
                 Ok(added) => {
                     if finished {
+                        metrics::counter!("azb_calls_finished_total", "pbx" => pbx.to_string(), "status" => call.status.as_str()).increment(1);
                         tracing::info!(
                             status = call.status.as_str(),
                             direction = call.direction.as_str(),
@@ -163,6 +164,7 @@ pub async fn ingest_pbx(
     cfg: Arc<Config>,
     pbx: PbxConfig,
     index: usize,
+    health: Arc<crate::ops::Health>,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
     let secret = pbx.secret(index).map_err(DaemonError::Config)?;
@@ -191,6 +193,9 @@ pub async fn ingest_pbx(
         }
     };
     tracing::info!(pbx = %pbx.name, host = %pbx.host, port = pbx.port, "AMI connected");
+    health.set_pbx(&pbx.name, true);
+    let events_total = metrics::counter!("azb_ami_events_total", "pbx" => pbx.name.clone());
+    let reconnects = metrics::counter!("azb_ami_reconnects_total", "pbx" => pbx.name.clone());
     let mut tracker = tracker_for(&cfg);
     let mut outputs = Vec::new();
     let mut clock = StreamClock {
@@ -206,6 +211,7 @@ pub async fn ingest_pbx(
             ev = events.recv() => match ev {
                 None => break,
                 Some(SourceEvent::Message(m)) => {
+                    events_total.increment(1);
                     let wall = now_micros();
                     if let Some(ts) = event_time(&m) {
                         clock = StreamClock { event_at: ts, wall_at: wall };
@@ -213,10 +219,13 @@ pub async fn ingest_pbx(
                     tracker.on_message(&m, Micros(wall), &mut outputs);
                 }
                 Some(SourceEvent::Reconnected { .. }) => {
+                    health.set_pbx(&pbx.name, true);
+                    reconnects.increment(1);
                     tracing::warn!(pbx = %pbx.name, "AMI reconnected: calls that spanned the gap are marked incomplete");
                     tracker.on_reconnect();
                 }
                 Some(SourceEvent::Disconnected { reason }) => {
+                    health.set_pbx(&pbx.name, false);
                     tracing::warn!(pbx = %pbx.name, %reason, "AMI disconnected; reconnecting");
                 }
                 Some(SourceEvent::Connected { .. }) => {}
@@ -252,6 +261,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let cfg = Arc::new(cfg);
     let bridge = Arc::new(Bridge::start(&cfg).await?);
+    let health = Arc::new(crate::ops::Health::default());
+    for p in &cfg.pbx {
+        health.set_pbx(&p.name, false);
+    }
     let stop_ingest = CancellationToken::new();
     let stop_workers = CancellationToken::new();
     let workers = bridge.delivery.spawn(stop_workers.clone());
@@ -259,8 +272,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let http = if cfg.http.listen.is_empty() {
         None
     } else {
-        let router =
-            crate::http::router(&cfg, bridge.store.clone()).map_err(DaemonError::Config)?;
+        let ops = crate::ops::Ops {
+            health: health.clone(),
+            metrics: crate::ops::install_metrics(),
+            apis: bridge.delivery.apis().clone(),
+        };
+        let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))
+            .map_err(DaemonError::Config)?;
         let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
             .await
             .map_err(|e| {
@@ -282,6 +300,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             cfg.clone(),
             p.clone(),
             i,
+            health.clone(),
             stop_ingest.clone(),
         ));
     }

@@ -356,6 +356,7 @@ impl Delivery {
     async fn settle_delivered(&self, row: &Leased, owner: &str, d: &Delivered) {
         match self.store.delivered(row, owner, d).await {
             Ok(true) => {
+                metrics::counter!("azb_activities_delivered_total").increment(1);
                 tracing::info!(linkedid = %row.linkedid, trigger = %row.record.trigger, module = %row.record.module, zoho_id = %d.zoho_id, "delivered");
             }
             Ok(false) => {
@@ -368,6 +369,7 @@ impl Delivery {
     }
 
     async fn settle_fail(&self, row: &Leased, owner: &str, why: &str) {
+        metrics::counter!("azb_activities_failed_total").increment(1);
         tracing::error!(linkedid = %row.linkedid, trigger = %row.record.trigger, error = %why, "delivery failed for good; `ami-zoho-bridge outbox retry` sends it again");
         if let Err(e) = self.store.fail(row, owner, why).await {
             tracing::error!(error = %e, "parking an outbox row");
@@ -392,6 +394,7 @@ impl Delivery {
             delay = delay.max(Duration::from_secs(*s));
         }
         tracing::warn!(linkedid = %row.linkedid, attempt = row.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "delivery will be retried");
+        metrics::counter!("azb_delivery_retries_total").increment(1);
         let next = now_micros() + delay.as_micros() as i64;
         if let Err(err) = self
             .store

@@ -1,6 +1,7 @@
-//! The bridge's HTTP side: `/healthz`, the interaction search API and the search page.
+//! The bridge's HTTP side: `/healthz`, `/readyz`, `/metrics`, the interaction search API and
+//! the search page.
 //!
-//! Everything but `/healthz` needs the configured token: as `Authorization: Bearer …` for the
+//! Everything but `/healthz` and `/readyz` needs the configured token: as `Authorization: Bearer …` for the
 //! API, or for people through a small sign-in form that keeps it in an HttpOnly cookie. With no
 //! token configured only `/healthz` is served. Listens on 127.0.0.1 unless told otherwise.
 
@@ -24,6 +25,7 @@ const PER_PAGE: u32 = 50;
 /// What the handlers share.
 struct App {
     store: Store,
+    ops: Option<crate::ops::Ops>,
     token: Option<Secret>,
     country: Option<phonenumber::country::Id>,
     /// `https://crm.zoho.eu` and so on, for links to the records.
@@ -157,7 +159,7 @@ impl App {
 }
 
 /// The router for `cfg`; with no token configured, everything but `/healthz` answers 401.
-pub fn router(cfg: &Config, store: Store) -> Result<Router, String> {
+pub fn router(cfg: &Config, store: Store, ops: Option<crate::ops::Ops>) -> Result<Router, String> {
     let token = match (&cfg.http.token, &cfg.http.token_env) {
         (Some(t), _) if !t.is_empty() => Some(t.clone()),
         (_, Some(var)) => std::env::var(var)
@@ -182,6 +184,7 @@ pub fn router(cfg: &Config, store: Store) -> Result<Router, String> {
         .map_err(|e| format!("search page template: {e}"))?;
     let app = Arc::new(App {
         store,
+        ops,
         token,
         country: crate::phone::country(&cfg.calls.default_country),
         crm_host,
@@ -189,6 +192,8 @@ pub fn router(cfg: &Config, store: Store) -> Result<Router, String> {
     });
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/api/interactions", get(api_search))
         .route("/", get(page_search))
         .route("/login", post(login))
@@ -205,6 +210,33 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
+}
+
+/// 200 when every PBX is connected, every Zoho account has a token and the outbox moves;
+/// 503 otherwise, with the details either way. No token needed (no call data in it).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let Some(ops) = &app.ops else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no daemon state");
+    };
+    let (ready, details) = ops.readiness(&app.store).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(details)).into_response()
+}
+
+/// Prometheus text format; behind the token like the API (scrapers send a bearer token).
+async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !app.authorised(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+    }
+    let text = match &app.ops {
+        Some(ops) => ops.metrics_text(&app.store).await,
+        None => String::new(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

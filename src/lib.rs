@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod http;
+pub mod ops;
 pub mod phone;
 pub mod pipeline;
 pub mod secret;

@@ -798,5 +798,55 @@ async fn search_by_contact_lead_and_user_from_cli_and_api() {
         .expect("page");
     let html = page.text().await.unwrap_or_default();
     assert_eq!(html.matches("<tr class=\"row\">").count(), 2, "{html}");
+
+    // Readiness and metrics.
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: Value = ready.json().await.expect("readyz json");
+    assert_eq!(
+        (
+            ready["pbx"]["lab"].as_bool(),
+            ready["zoho"]["main"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    let unauthorised = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(unauthorised.status().as_u16(), 401);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(HTTP_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    // Truth: three answered calls, one abandoned, one busy; five records delivered.
+    for line in [
+        "azb_calls_finished_total{pbx=\"lab\",status=\"answered\"} 3",
+        "azb_calls_finished_total{pbx=\"lab\",status=\"abandoned\"} 1",
+        "azb_calls_finished_total{pbx=\"lab\",status=\"busy\"} 1",
+        "azb_activities_delivered_total 5",
+        "azb_outbox_rows{state=\"delivered\"} 5",
+        "azb_ami_connected{pbx=\"lab\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("azb_zoho_request_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("azb_ami_events_total{pbx=\"lab\"}"),
+        "{metrics}"
+    );
     terminate(&mut child);
 }

@@ -221,10 +221,11 @@ impl ZohoApi {
             self.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let sent_write = method != Method::GET;
-            let response = req
-                .send()
-                .await
-                .map_err(|e| network_error(&e, sent_write, path))?;
+            let started = Instant::now();
+            let response = req.send().await;
+            metrics::histogram!("azb_zoho_request_seconds", "method" => method.to_string())
+                .record(started.elapsed().as_secs_f64());
+            let response = response.map_err(|e| network_error(&e, sent_write, path))?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()

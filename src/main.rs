@@ -74,6 +74,11 @@ enum Command {
         #[arg(long, default_value = "ami-zoho-bridge.toml")]
         config: PathBuf,
     },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Find stored calls by the Contact's or Lead's phone (any written form) or the user's e-mail.
     Search {
         /// Calls linked to a Contact with this number.
@@ -195,6 +200,12 @@ enum ZohoCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file: every key, template and trigger; exit 2 naming the key.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum OutboxCommand {
     /// Rows, newest first.
     List {
@@ -289,6 +300,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(ami_zoho_bridge::daemon::run(cfg))
                 .map_err(commands::daemon_error)
         }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => commands::config_check(&file),
         Command::Search {
             contact_phone,
             lead_phone,

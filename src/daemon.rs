@@ -135,6 +135,9 @@ impl Bridge {
     }
 }
 
+/// How long a FastAGI tag waits for its channel to appear on AMI.
+const TAG_WAIT: Duration = Duration::from_secs(5);
+
 /// A tracker with moments turned on when a trigger wants them.
 pub fn tracker_for(cfg: &Config) -> Tracker {
     let mut calls = cfg.calls.clone();
@@ -165,6 +168,7 @@ pub async fn ingest_pbx(
     pbx: PbxConfig,
     index: usize,
     health: Arc<crate::ops::Health>,
+    mut tags: tokio::sync::broadcast::Receiver<crate::agi::Tag>,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
     let secret = pbx.secret(index).map_err(DaemonError::Config)?;
@@ -202,6 +206,8 @@ pub async fn ingest_pbx(
         event_at: Micros(now_micros()),
         wall_at: now_micros(),
     };
+    let mut pending_tags: Vec<(std::time::Instant, crate::agi::Tag)> = Vec::new();
+    let mut tags_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -230,8 +236,19 @@ pub async fn ingest_pbx(
                 }
                 Some(SourceEvent::Connected { .. }) => {}
             },
+            tag = tags.recv(), if tags_open => match tag {
+                Ok(t) => pending_tags.push((std::time::Instant::now(), t)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "FastAGI tags arrived faster than they were applied");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => tags_open = false,
+            },
             _ = tick.tick() => tracker.tick(clock.now(), &mut outputs),
         }
+        // A tag can come before the channel's first event: it waits a few seconds for it.
+        pending_tags.retain(|(at, t)| {
+            !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
+        });
         if !outputs.is_empty() {
             bridge.handle(&pbx.name, &mut outputs, &stop).await;
         }
@@ -287,9 +304,40 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     cfg.http.listen
                 ))
             })?;
-        Some(tokio::spawn(crate::http::serve(
+        let stop = stop_http.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, router, stop).await {
+                tracing::error!(error = %e, "HTTP server");
+            }
+        }))
+    };
+    let (tags, _) = tokio::sync::broadcast::channel::<crate::agi::Tag>(1024);
+    let agi = if cfg.agi.listen.is_empty() {
+        None
+    } else {
+        let zoho = cfg
+            .agi
+            .account
+            .as_ref()
+            .or_else(|| cfg.zoho.accounts.keys().next())
+            .and_then(|a| bridge.delivery.apis().get(a).cloned());
+        let handler = Arc::new(crate::agi::Handler {
+            zoho,
+            tags: tags.clone(),
+            limits: crate::agi::Limits::default(),
+        });
+        let listener = tokio::net::TcpListener::bind(&cfg.agi.listen)
+            .await
+            .map_err(|e| {
+                DaemonError::Config(format!(
+                    "key agi.listen: cannot listen on {}: {e}",
+                    cfg.agi.listen
+                ))
+            })?;
+        tracing::info!(listen = %cfg.agi.listen, "FastAGI: zoho-lookup, tag");
+        Some(tokio::spawn(crate::agi::serve(
             listener,
-            router,
+            handler,
             stop_http.clone(),
         )))
     };
@@ -301,6 +349,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             p.clone(),
             i,
             health.clone(),
+            tags.subscribe(),
             stop_ingest.clone(),
         ));
     }
@@ -329,7 +378,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::warn!("deliveries still in flight after 30 s; their leases will run out and they will be checked first next time");
     }
     stop_http.cancel();
-    if let Some(h) = http {
+    for h in [http, agi].into_iter().flatten() {
         let _ = h.await;
     }
     bridge.store.close().await;

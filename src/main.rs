@@ -49,6 +49,19 @@ enum Emit {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The one-command demo: a local Zoho, a recorded busy hour through the whole pipeline
+    /// into SQLite, a summary, then the search page until Ctrl-C. No PBX or Zoho account.
+    Demo {
+        /// Where the demo's database and files go (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Address of the search page.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: std::net::SocketAddr,
+        /// Print the summary and exit instead of serving the page.
+        #[arg(long)]
+        no_serve: bool,
+    },
     /// Replay a recorded AMI capture (raw bytes, banner included) through the pipeline.
     Replay {
         /// The capture file (raw bytes, or .gz).
@@ -299,6 +312,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime
                 .block_on(ami_zoho_bridge::daemon::run(cfg))
                 .map_err(commands::daemon_error)
+        }
+        Command::Demo {
+            dir,
+            listen,
+            no_serve,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::demo(dir, listen, !no_serve))
         }
         Command::Config {
             command: ConfigCommand::Check { file },

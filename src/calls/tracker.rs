@@ -251,6 +251,21 @@ impl Tracker {
         Some(Micros(second * 1_000_000 + micros))
     }
 
+    /// Attaches a tag (from the dialplan, over FastAGI) to the live call that owns channel
+    /// `uniqueid`; triggers and templates see it. False when no live call has the channel.
+    pub fn tag(&mut self, uniqueid: &str, key: &str, value: &str) -> bool {
+        let Some(key_of_call) = self.channels.get(uniqueid).map(|c| c.call) else {
+            return false;
+        };
+        match self.calls.get_mut(&key_of_call) {
+            Some(call) => {
+                call.tags.insert(key.to_string(), value.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A new AMI session after a drop: events in the gap are lost. Calls that spanned it are
     /// marked incomplete; their channels still end them if the events come.
     pub fn on_reconnect(&mut self) {

@@ -255,31 +255,17 @@ async fn drain(
 /// activity.
 pub async fn bench_deliver(file: &Path, mut cfg: Config, speed: f64) -> anyhow::Result<()> {
     use ami_zoho_bridge::daemon::Bridge;
-    use ami_zoho_bridge::secret::Secret;
     use tokio_util::sync::CancellationToken;
 
     let dir = std::env::temp_dir().join(format!("azb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut seed = sim::demo_seed();
-    for acc in cfg.zoho.accounts.values() {
-        seed.clients.push(sim::SimClient {
-            client_id: acc.client_id.clone(),
-            client_secret: "bench-secret".into(),
-        });
-    }
-    let sim = SimHandle::start("127.0.0.1:0".parse()?, seed, SimLimits::default()).await?;
-    for (name, acc) in cfg.zoho.accounts.iter_mut() {
-        let dc = acc.dc.clone().unwrap_or_else(|| "com".into());
-        acc.accounts_url = Some(sim.url(&dc));
-        acc.api_domain = Some(sim.url(&dc));
-        acc.token_file = Some(dir.join(format!("{name}.json")));
-        acc.client_secret = Some(Secret::new("bench-secret"));
-        acc.client_secret_env = None;
-        let oauth = OAuth::new(name, acc, http_client(acc.timeout_seconds)?)?;
-        oauth
-            .exchange_code(&sim.grant_code(&acc.client_id, &dc, sim::BRIDGE_SCOPES, None))
-            .await?;
-    }
+    let sim = SimHandle::start(
+        "127.0.0.1:0".parse()?,
+        sim::demo_seed(),
+        SimLimits::default(),
+    )
+    .await?;
+    attach_to_simulator(&mut cfg, &sim, &dir).await?;
     cfg.store.url = format!("sqlite://{}", dir.join("bench.db").display());
     let bridge = Bridge::start(&cfg).await.map_err(daemon_error)?;
     let stop = CancellationToken::new();
@@ -422,7 +408,8 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
 /// The capture and lab configuration `demo` runs, built into the binary so it works anywhere.
 const DEMO_CAPTURE: &[u8] = include_bytes!("../fixtures/ami-sip/busyhour-seed11.ami.gz");
 const DEMO_CONFIG: &str = include_str!("../fixtures/ami-sip/bridge.toml");
-const DEMO_CLIENT_SECRET: &str = "demo-client-secret";
+/// The client secret of the simulated Self Clients of `demo` and `bench-deliver`.
+const SIM_CLIENT_SECRET: &str = "simulated-client-secret";
 
 /// The demo org: the simulator's sample users, contacts and leads, plus a few callers of the
 /// bundled busy hour, written the way people type numbers.
@@ -460,11 +447,27 @@ fn demo_org() -> sim::Seed {
         "Phone",
         "02 977 0838",
     ));
-    seed.clients.push(sim::SimClient {
-        client_id: "1000.LABCLIENT".into(),
-        client_secret: DEMO_CLIENT_SECRET.into(),
-    });
     seed
+}
+
+/// Points every account of `cfg` at the simulator and authorises it with a fresh grant code,
+/// as `zoho authorize` does: what `demo` and `bench-deliver` run against.
+async fn attach_to_simulator(cfg: &mut Config, sim: &SimHandle, dir: &Path) -> anyhow::Result<()> {
+    use ami_zoho_bridge::secret::Secret;
+    for (name, acc) in cfg.zoho.accounts.iter_mut() {
+        let dc = acc.dc.clone().unwrap_or_else(|| "com".into());
+        sim.add_client(&acc.client_id, SIM_CLIENT_SECRET);
+        acc.accounts_url = Some(sim.url(&dc));
+        acc.api_domain = Some(sim.url(&dc));
+        acc.token_file = Some(dir.join(format!("zoho-{name}.json")));
+        acc.client_secret = Some(Secret::new(SIM_CLIENT_SECRET));
+        acc.client_secret_env = None;
+        let oauth = OAuth::new(name, acc, http_client(acc.timeout_seconds)?)?;
+        oauth
+            .exchange_code(&sim.grant_code(&acc.client_id, &dc, sim::BRIDGE_SCOPES, None))
+            .await?;
+    }
+    Ok(())
 }
 
 /// `demo`: a local Zoho, the bundled busy hour through the whole pipeline into SQLite, a
@@ -486,19 +489,7 @@ pub async fn demo(dir: Option<PathBuf>, listen: SocketAddr, serve: bool) -> anyh
     let mut cfg = Config::load(Some(&config_path)).map_err(|e| UsageError(e.to_string()))?;
 
     let sim = SimHandle::start("127.0.0.1:0".parse()?, demo_org(), SimLimits::default()).await?;
-    for (name, acc) in cfg.zoho.accounts.iter_mut() {
-        let dc = acc.dc.clone().unwrap_or_else(|| "com".into());
-        acc.accounts_url = Some(sim.url(&dc));
-        acc.api_domain = Some(sim.url(&dc));
-        acc.token_file = Some(dir.join(format!("zoho-{name}.json")));
-        acc.client_secret = Some(Secret::new(DEMO_CLIENT_SECRET));
-        acc.client_secret_env = None;
-        // What `zoho authorize` does with a Self Client grant code.
-        let oauth = OAuth::new(name, acc, http_client(acc.timeout_seconds)?)?;
-        oauth
-            .exchange_code(&sim.grant_code(&acc.client_id, &dc, sim::BRIDGE_SCOPES, None))
-            .await?;
-    }
+    attach_to_simulator(&mut cfg, &sim, &dir).await?;
     cfg.store.url = format!("sqlite://{}", dir.join("bridge.db").display());
     let token = std::env::var("AZB_HTTP_TOKEN")
         .ok()

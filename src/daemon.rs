@@ -135,6 +135,13 @@ impl Bridge {
     }
 }
 
+/// Binds a configured listener; failing to is a configuration error naming the key.
+async fn listen(key: &str, addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Config(format!("key {key}: cannot listen on {addr}: {e}")))
+}
+
 /// How long a FastAGI tag waits for its channel to appear on AMI.
 const TAG_WAIT: Duration = Duration::from_secs(5);
 
@@ -296,14 +303,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         };
         let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))
             .map_err(DaemonError::Config)?;
-        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-            .await
-            .map_err(|e| {
-                DaemonError::Config(format!(
-                    "key http.listen: cannot listen on {}: {e}",
-                    cfg.http.listen
-                ))
-            })?;
+        let listener = listen("http.listen", &cfg.http.listen).await?;
         let stop = stop_http.clone();
         Some(tokio::spawn(async move {
             if let Err(e) = crate::http::serve(listener, router, stop).await {
@@ -326,14 +326,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             tags: tags.clone(),
             limits: crate::agi::Limits::default(),
         });
-        let listener = tokio::net::TcpListener::bind(&cfg.agi.listen)
-            .await
-            .map_err(|e| {
-                DaemonError::Config(format!(
-                    "key agi.listen: cannot listen on {}: {e}",
-                    cfg.agi.listen
-                ))
-            })?;
+        let listener = listen("agi.listen", &cfg.agi.listen).await?;
         tracing::info!(listen = %cfg.agi.listen, "FastAGI: zoho-lookup, tag");
         Some(tokio::spawn(crate::agi::serve(
             listener,

@@ -295,6 +295,16 @@ impl SimHandle {
         list.push(person);
     }
 
+    /// Registers a Self Client (its id and secret), as creating one in the API console does.
+    pub fn add_client(&self, client_id: &str, client_secret: &str) {
+        let mut g = lock(&self.inner);
+        g.seed.clients.retain(|c| c.client_id != client_id);
+        g.seed.clients.push(SimClient {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+        });
+    }
+
     /// Adds a value to an org picklist (`Call_Purpose` ...), as an administrator would.
     pub fn allow_picklist_value(&self, field: &str, value: &str) {
         lock(&self.inner)
@@ -652,12 +662,7 @@ async fn search(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if !["Contacts", "Leads", "Calls", "Tasks"].contains(&module.as_str()) {
-        return crm_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({}),
-        );
+        return invalid_module();
     }
     if let (Some(r), _) = gate(&inner, &headers, &dc, &module_scopes(&module, &["READ"])).await {
         return r;
@@ -709,6 +714,15 @@ async fn search(
         .into_response()
 }
 
+fn invalid_module() -> Response {
+    crm_error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_MODULE",
+        "the module name given seems to be invalid",
+        json!({}),
+    )
+}
+
 /// Now, as Zoho writes times (seconds, with the offset).
 fn zoho_now() -> String {
     jiff::Timestamp::now()
@@ -746,12 +760,7 @@ async fn list_people(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if module != "Contacts" && module != "Leads" {
-        return crm_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({}),
-        );
+        return invalid_module();
     }
     if let (Some(r), _) = gate(&inner, &headers, &dc, &module_scopes(&module, &["READ"])).await {
         return r;
@@ -1148,12 +1157,7 @@ async fn insert(
     body: Option<Json<Value>>,
 ) -> Response {
     if module != "Calls" && module != "Tasks" {
-        return crm_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({}),
-        );
+        return invalid_module();
     }
     let (early, drop_after) = gate(
         &inner,

@@ -130,14 +130,9 @@ fn search_page_in_headless_chromium() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let page_port = free_port();
+    // Port 0: the demo says where it listens (a port picked here could be taken meanwhile).
     let mut demo = support::bridge()
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{page_port}"),
-            "--dir",
-        ])
+        .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir.path().join("demo"))
         .env("AZB_HTTP_TOKEN", "browser-test-token")
         .env("RUST_LOG", "warn")
@@ -148,11 +143,13 @@ fn search_page_in_headless_chromium() {
     let stdout = demo.stdout.take().expect("stdout");
     let _demo = Killed(demo);
     let mut summary = String::new();
+    let mut page = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("demo output");
         summary.push_str(&line);
         summary.push('\n');
-        if line.starts_with("Search page:") {
+        if let Some(rest) = line.strip_prefix("Search page: ") {
+            page = rest.split_whitespace().next().map(str::to_string);
             break;
         }
     }
@@ -197,7 +194,7 @@ fn search_page_in_headless_chromium() {
         .as_str()
         .expect("session id")
         .to_string();
-    let page = format!("http://127.0.0.1:{page_port}/");
+    let page = page.unwrap_or_else(|| panic!("the demo serves its page: {summary}"));
     d.call(
         reqwest::Method::POST,
         &format!("/session/{sid}/url"),

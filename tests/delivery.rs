@@ -36,7 +36,7 @@ struct Options {
     capture: Option<(&'static str, &'static str)>,
     /// Contacts added to the simulator's org: (id, name, phone).
     contacts: Vec<(&'static str, &'static str, &'static str)>,
-    /// Serve the HTTP API on this port, with the token `HTTP_TOKEN`.
+    /// Serve the HTTP API on this port (0: any), with the token `HTTP_TOKEN`.
     http_port: Option<u16>,
     /// Overrides `Call_Purpose` of the default configuration (a value the org may not have).
     call_purpose: Option<String>,
@@ -636,11 +636,27 @@ async fn refused_records_are_parked_shown_and_retried() {
     assert_eq!(rig.delivered(), truth, "each call once, after the retry");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The address the daemon's HTTP server took (`listen = "127.0.0.1:0"`), from its log.
+fn http_address(rig: &Rig) -> String {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = rig.log("a");
+        let found = log.lines().filter(|l| l.contains("HTTP: ")).find_map(|l| {
+            l.split("listen=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            Instant::now() < until,
+            "the daemon never said where it listens:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Search from the CLI and the HTTP API after the daemon delivered `ami-sip/mixed-small`:
@@ -651,14 +667,13 @@ fn free_port() -> u16 {
 /// added here); .76 outbound to 3391234567 (nobody in the org); .78 internal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_by_contact_lead_and_user_from_cli_and_api() {
-    let port = free_port();
     let rig = Rig::start(Options {
         capture: Some((
             "fixtures/ami-sip/mixed-small.ami",
             "fixtures/ami-sip/mixed-small.truth.json",
         )),
         contacts: vec![("5725767000000512077", "Sara Neri", "+39 335 111 2233")],
-        http_port: Some(port),
+        http_port: Some(0),
         ..Options::default()
     })
     .await;
@@ -725,7 +740,7 @@ async fn search_by_contact_lead_and_user_from_cli_and_api() {
     });
 
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{}", http_address(&rig));
     let api = |query: &'static str, token: Option<&'static str>| {
         let mut req = http.get(format!("{base}/api/interactions?{query}"));
         if let Some(t) = token {

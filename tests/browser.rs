@@ -111,6 +111,35 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// A form submit starts a navigation that WebDriver's click does not wait for: poll until
+    /// the browser is on a page whose URL passes `url_ok`, that has finished loading and that
+    /// shows `css`.
+    fn wait_for_page(&self, session: &str, url_ok: impl Fn(&str) -> bool, css: &str) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = self.call(
+                reqwest::Method::GET,
+                &format!("/session/{session}/url"),
+                None,
+            );
+            let state = self.call(
+                reqwest::Method::POST,
+                &format!("/session/{session}/execute/sync"),
+                Some(json!({ "script": "return document.readyState", "args": [] })),
+            );
+            if url.as_str().is_some_and(&url_ok)
+                && state == "complete"
+                && !self.find_all(session, css).is_empty()
+            {
+                return;
+            }
+            assert!(Instant::now() < until, "page never loaded: {url} {state}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn wait_for_port(port: u16) {
     let until = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -202,10 +231,12 @@ fn search_page_in_headless_chromium() {
     );
     d.type_into(&sid, "input[name=token]", "browser-test-token");
     d.click(&sid, "button[type=submit]");
+    d.wait_for_page(&sid, |url| !url.contains("/login"), "#filters");
     // Signed in: the newest calls of the busy hour, a page of 50.
     assert_eq!(d.find_all(&sid, "tr.row").len(), 50);
     d.type_into(&sid, "input[name=phone]", "333 158 8952");
     d.click(&sid, "#search");
+    d.wait_for_page(&sid, |url| url.contains("phone="), "#filters");
     let rows = d.find_all(&sid, "tr.row");
     // Truth (ami-sip/busyhour-seed11): one call from +393331588952, Roberto Bruno, answered by
     // Agent 1001 in queue support; the demo org has him as a Contact at "333 158 8952".

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Parser throughput on the real busy-hour captures and on a synthetic corpus of 100k events.
-# Prints bench-parse's figures; the machine's noise is large, so read the median of rounds.
+# Prints bench-parse's figures: the rate comes from the fastest round (noise only adds time);
+# the fastest, median and slowest rounds are printed above it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet

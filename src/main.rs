@@ -165,7 +165,8 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Run the capture this many times; the median is printed.
+        /// Run the capture this many times (after one warm-up pass); the fastest round gives
+        /// the rate, the median and slowest are printed too.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
@@ -182,7 +183,8 @@ enum Command {
     /// Parse a capture as fast as possible and print the rate (a benchmark, not a test).
     BenchParse {
         file: PathBuf,
-        /// Parse the file this many times (after one warm-up pass).
+        /// Parse the file this many times (after one warm-up pass); the fastest round gives
+        /// the rate, the median and slowest are printed too.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
         /// Also time a plain line-splitting loop over the same bytes, for reference.
@@ -539,16 +541,7 @@ fn write_outputs(
 fn bench_pipeline(file: &Path, config: Option<&Path>, rounds: u32) -> anyhow::Result<()> {
     let cfg = load_config(config)?;
     let data = Replay::read_all(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut times = Vec::new();
-    let mut last = PipelineCount::default();
-    for _ in 0..rounds.max(1) {
-        let start = Instant::now();
-        last = pipeline_once(&data, &cfg)?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    // The median round: robust against a noisy neighbour on a shared machine.
-    times.sort_by(f64::total_cmp);
-    let seconds = times[times.len() / 2];
+    let (last, seconds) = time_rounds(rounds, || pipeline_once(&data, &cfg))?;
     println!(
         "events={} calls={} seconds={seconds:.6} events_per_sec={:.0} peak_live_calls={}",
         last.events,
@@ -646,6 +639,30 @@ async fn watch(
     }
 }
 
+/// Runs `work` once to warm up, then `rounds` times, and prints the spread of the rounds.
+/// Returns the last result and the fastest round's seconds: on a shared machine other tenants
+/// only ever add time to a round, so the fastest is the best estimate of what one core does;
+/// the median and the slowest are printed beside it so the noise is visible.
+fn time_rounds<T>(
+    rounds: u32,
+    mut work: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, f64)> {
+    let mut result = work()?;
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        result = work()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let (fastest, median, slowest) = (times[0], times[times.len() / 2], times[times.len() - 1]);
+    println!(
+        "rounds={} fastest_seconds={fastest:.6} median_seconds={median:.6} slowest_seconds={slowest:.6}",
+        times.len()
+    );
+    Ok((result, fastest))
+}
+
 fn bench_parse(file: &Path, rounds: u32, baseline: bool) -> anyhow::Result<()> {
     use ami_zoho_bridge::ami::{AmiCodec, Frame};
     use tokio_util::codec::Decoder;
@@ -671,18 +688,7 @@ fn bench_parse(file: &Path, rounds: u32, baseline: bool) -> anyhow::Result<()> {
         }
         Ok(events)
     };
-    count(&data)?;
-    let rounds = rounds.max(1);
-    let mut events = 0;
-    let mut times = Vec::new();
-    for _ in 0..rounds {
-        let start = Instant::now();
-        events = count(&data)?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    // The median round: robust against a noisy neighbour on a shared machine.
-    times.sort_by(f64::total_cmp);
-    let seconds = times[times.len() / 2];
+    let (events, seconds) = time_rounds(rounds, || count(&data))?;
     if baseline {
         // Reference point measured in the same run: split lines and count blank ones, no
         // parsing, no allocation. The parser's rate is best read relative to it.

@@ -96,27 +96,33 @@ impl AmiCodec {
     }
 
     /// Whether parsing can succeed (or must report an oversize message) with the bytes that
-    /// arrived since the last incomplete attempt.
+    /// arrived since the last incomplete attempt. When it cannot, the new bytes are marked as
+    /// scanned, so a message read in small pieces costs linear time.
     fn may_be_complete(&mut self, src: &[u8]) -> bool {
         if self.scanned == 0 || src.len() > self.max_message || self.end_command_seen {
             return true;
         }
-        // A terminator may straddle the old end: look from a few bytes before it. Legacy
-        // command output may also end at `--END COMMAND--` and whatever line follows it, with
-        // no empty line: once that marker is in the buffer, always parse.
+        // A terminator may straddle the old end: look from a few bytes before it.
         let from = self
             .scanned
             .saturating_sub(parse::END_COMMAND.len())
             .min(src.len());
         let new = &src[from..];
-        // Only a legacy `Response: Follows` can end without an empty line: search for the
-        // marker only once that header has been seen in this message (both searches look at
-        // new bytes only, so a message read in small pieces costs linear time).
+        if parse::skip_to_blank_line(new).1 {
+            return true;
+        }
+        // No empty line: every new byte belongs to this message (searches stay inside it, not
+        // over the rest of a 64 KiB read). Only legacy `Response: Follows` output can end
+        // without an empty line, at `--END COMMAND--` and whatever line follows it: search for
+        // that marker only once the header has been seen, and once found, always parse.
         let from_follows = self.scanned.saturating_sub(FOLLOWS.len()).min(src.len());
         self.follows_seen |= memchr::memmem::find(&src[from_follows..], FOLLOWS).is_some();
         self.end_command_seen =
             self.follows_seen && memchr::memmem::find(new, parse::END_COMMAND).is_some();
-        self.end_command_seen || parse::skip_to_blank_line(new).1
+        if !self.end_command_seen {
+            self.scanned = src.len();
+        }
+        self.end_command_seen
     }
 
     fn skip(&mut self, src: &mut BytesMut) -> bool {
@@ -158,7 +164,11 @@ impl Decoder for AmiCodec {
                         Ok(rest) => src.len() - rest.len(),
                         Err(nom::Err::Incomplete(_)) => {
                             // The parse just read all of it; later reads only look at new bytes.
+                            // `src` holds this message alone (earlier ones were split off), so
+                            // these searches stay inside it.
                             self.follows_seen = memchr::memmem::find(src, FOLLOWS).is_some();
+                            self.end_command_seen = self.follows_seen
+                                && memchr::memmem::find(src, parse::END_COMMAND).is_some();
                             self.scanned = src.len();
                             return Ok(None);
                         }

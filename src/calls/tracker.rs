@@ -9,6 +9,7 @@
 //! Time is the event's own `Timestamp:` when the PBX sends it, else the time the caller passes
 //! in (arrival time live). Replays of captures with timestamps are therefore deterministic.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 // Keys are channel ids from the PBX: a fast non-cryptographic hash is the right trade.
@@ -123,30 +124,36 @@ const FLUSH_EVERY_MICROS: i64 = 250_000;
 /// The events the correlator reads; everything else (CEL, RTCPSent, DeviceStateChange, Cdr,
 /// AGIExec…, and Newexten, Newstate, DialState, which add nothing the events above do not
 /// carry: about two thirds of a busy PBX's traffic) is dropped before any field is read.
-const RELEVANT: [&str; 22] = [
-    "Newchannel",
-    "Hangup",
-    "DialBegin",
-    "DialEnd",
-    "VarSet",
-    "QueueCallerJoin",
-    "QueueCallerAbandon",
-    "AgentCalled",
-    "AgentRingNoAnswer",
-    "AgentConnect",
-    "AgentComplete",
-    "HangupRequest",
-    "LocalBridge",
-    "BridgeEnter",
-    "BridgeLeave",
-    "BridgeDestroy",
-    "BlindTransfer",
-    "AttendedTransfer",
-    "UserEvent",
-    "Shutdown",
-    "FullyBooted",
-    "NewCallerid",
-];
+///
+/// A byte-string pattern match compiles to a switch on the length and a few byte compares,
+/// where a list of names would cost a comparison each.
+fn relevant(event: &[u8]) -> bool {
+    matches!(
+        event,
+        b"Newchannel"
+            | b"Hangup"
+            | b"DialBegin"
+            | b"DialEnd"
+            | b"VarSet"
+            | b"QueueCallerJoin"
+            | b"QueueCallerAbandon"
+            | b"AgentCalled"
+            | b"AgentRingNoAnswer"
+            | b"AgentConnect"
+            | b"AgentComplete"
+            | b"HangupRequest"
+            | b"LocalBridge"
+            | b"BridgeEnter"
+            | b"BridgeLeave"
+            | b"BridgeDestroy"
+            | b"BlindTransfer"
+            | b"AttendedTransfer"
+            | b"UserEvent"
+            | b"Shutdown"
+            | b"FullyBooted"
+            | b"NewCallerid"
+    )
+}
 
 /// Header names of a channel snapshot with a given prefix, spelled out once.
 struct Snap {
@@ -225,7 +232,7 @@ impl Tracker {
         // None of these is ever an item of a list action (those are CoreShowChannel,
         // QueueMember ...), so no ActionID check is needed: the client keeps responses and list
         // items to itself anyway.
-        if RELEVANT.iter().any(|e| e.as_bytes() == event) {
+        if relevant(event) {
             if let Ok(event) = std::str::from_utf8(event) {
                 self.apply(event, m, ts, out);
             }
@@ -390,15 +397,15 @@ impl Tracker {
             "BridgeEnter" => self.on_bridge_enter(m, ts),
             "BridgeLeave" => {
                 self.channel(m, &PLAIN, ts);
-                if let (Some(b), Some(u)) = (text(m, "BridgeUniqueid"), text(m, "Uniqueid")) {
-                    if let Some(members) = self.bridges.get_mut(&b) {
-                        members.retain(|x| *x != u);
+                if let (Some(b), Some(u)) = (lossy(m, "BridgeUniqueid"), lossy(m, "Uniqueid")) {
+                    if let Some(members) = self.bridges.get_mut(&*b) {
+                        members.retain(|x| *x != *u);
                     }
                 }
             }
             "BridgeDestroy" => {
-                if let Some(b) = text(m, "BridgeUniqueid") {
-                    self.bridges.remove(&b);
+                if let Some(b) = lossy(m, "BridgeUniqueid") {
+                    self.bridges.remove(&*b);
                 }
             }
             "BlindTransfer" | "AttendedTransfer" => self.on_transfer(event, m, ts),
@@ -527,12 +534,13 @@ impl Tracker {
         let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
-        let Some(uid) = text(m, "Uniqueid") else {
+        let Some(uid) = lossy(m, "Uniqueid") else {
             return;
         };
-        let cause = text(m, "Cause").and_then(|c| c.parse().ok());
+        let uid = &*uid;
+        let cause = field(m, "Cause").and_then(|c| c.parse().ok());
         let mut newly = false;
-        if let Some(ch) = self.channels.get_mut(&uid) {
+        if let Some(ch) = self.channels.get_mut(uid) {
             if ch.hung_up.is_none() {
                 ch.hung_up = Some(ts);
                 ch.cause = cause;
@@ -540,7 +548,7 @@ impl Tracker {
             }
             if ch.local {
                 if let Some(base) = local_base(&ch.name) {
-                    if self.local_names.get(base) == Some(&uid) {
+                    if self.local_names.get(base).map(String::as_str) == Some(uid) {
                         self.local_names.remove(base);
                     }
                 }
@@ -549,7 +557,12 @@ impl Tracker {
         if !newly {
             return;
         }
-        let is_first = self.calls.get(&key).and_then(|c| c.channels.first()) == Some(&uid);
+        let is_first = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.channels.first())
+            .map(String::as_str)
+            == Some(uid);
         let c = self.call_mut(key);
         c.live = c.live.saturating_sub(1);
         if c.live == 0 {
@@ -569,10 +582,14 @@ impl Tracker {
             return;
         };
         let key = self.link_dest(ck, m, ts).unwrap_or(ck);
-        let dest_context = text(m, "DestContext").unwrap_or_default();
-        let dest_name = text(m, "DestChannel").unwrap_or_default();
+        let dest_context = lossy(m, "DestContext").unwrap_or_default();
+        let dest_name = lossy(m, "DestChannel").unwrap_or_default();
         let trunkish = self.is_trunk(&dest_context, &dest_name)
-            || self.cfg.outbound_contexts.contains(&dest_context);
+            || self
+                .cfg
+                .outbound_contexts
+                .iter()
+                .any(|c| *c == *dest_context);
         let origin = self.is_origin(key, m);
         let c = self.call_mut(key);
         if trunkish {
@@ -705,18 +722,22 @@ impl Tracker {
         let Some(key) = self.channel(m, &PLAIN, ts) else {
             return;
         };
-        let (Some(bridge), Some(uid)) = (text(m, "BridgeUniqueid"), text(m, "Uniqueid")) else {
+        let (Some(bridge), Some(uid)) = (lossy(m, "BridgeUniqueid"), text(m, "Uniqueid")) else {
             return;
         };
-        if let Some(swap) = text(m, "SwapUniqueid") {
+        if let Some(swap) = lossy(m, "SwapUniqueid") {
             self.union_channels(&uid, &swap);
         }
-        let members = self.bridges.entry(bridge).or_default();
-        let others: Vec<String> = members.clone();
-        members.push(uid.clone());
-        for other in others {
-            self.union_channels(&uid, &other);
+        // Taken out while the channels are joined (joining never touches bridges).
+        let (bridge, mut members) = self
+            .bridges
+            .remove_entry(&*bridge)
+            .unwrap_or_else(|| (bridge.into_owned(), Vec::new()));
+        for other in &members {
+            self.union_channels(&uid, other);
         }
+        members.push(uid);
+        self.bridges.insert(bridge, members);
         let _ = key;
     }
 
@@ -736,7 +757,7 @@ impl Tracker {
             return;
         };
         for snap in &TRANSFER_SNAPS {
-            if let Some(uid) = text(m, snap.uniqueid) {
+            if let Some(uid) = lossy(m, snap.uniqueid) {
                 self.union_channels(&anchor, &uid);
             }
         }
@@ -836,8 +857,8 @@ impl Tracker {
 
     /// Links the `Dest*` channel of an event to the call of its caller channel.
     fn link_dest(&mut self, key: CallKey, m: &Message, ts: Micros) -> Option<CallKey> {
-        let dest = text(m, "DestUniqueid")?;
-        if !self.channels.contains_key(&dest) {
+        let dest = lossy(m, "DestUniqueid")?;
+        if !self.channels.contains_key(&*dest) {
             self.channel(m, &DEST, ts)?;
         }
         let first = self.calls.get(&key)?.channels.first()?.clone();
@@ -927,13 +948,12 @@ impl Tracker {
     /// Whether the event's channel is the call's first channel or that channel's Local partner
     /// (the half that runs the dialplan and dials, in Local-channel set-ups).
     fn is_origin(&self, key: CallKey, m: &Message) -> bool {
-        let Some(uid) = text(m, "Uniqueid") else {
+        let Some(uid) = lossy(m, "Uniqueid") else {
             return false;
         };
-        self.calls
-            .get(&key)
-            .is_some_and(|c| c.channels.first() == Some(&uid) || is_origin_partner(c, &uid))
-            && self.channels.contains_key(&uid)
+        self.calls.get(&key).is_some_and(|c| {
+            c.channels.first().map(String::as_str) == Some(&*uid) || is_origin_partner(c, &uid)
+        }) && self.channels.contains_key(&*uid)
     }
 
     fn moment(&mut self, key: CallKey, moment: Moment, out: &mut Vec<Output>) {
@@ -1189,7 +1209,13 @@ fn field<'m>(m: &'m Message, name: &str) -> Option<&'m str> {
 }
 
 fn text(m: &Message, name: &str) -> Option<String> {
-    m.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+    lossy(m, name).map(Cow::into_owned)
+}
+
+/// A field as text, borrowed from the message unless it has to be repaired (non-UTF-8): for
+/// lookups, which need no copy.
+fn lossy<'m>(m: &'m Message, name: &str) -> Option<Cow<'m, str>> {
+    m.get(name).map(String::from_utf8_lossy)
 }
 
 fn number(m: &Message, name: &str) -> Option<u32> {

@@ -195,13 +195,14 @@ async fn replay_into(
     speed: Option<f64>,
 ) -> anyhow::Result<usize> {
     use ami_zoho_bridge::ami::replay::Replay;
-    use ami_zoho_bridge::ami::SourceEvent;
+    use ami_zoho_bridge::ami::{AmiCodec, SourceEvent};
     use ami_zoho_bridge::calls::Micros;
     use ami_zoho_bridge::daemon::tracker_for;
     use tokio_util::sync::CancellationToken;
 
-    let replay =
-        Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
+    let replay = Replay::open(file)
+        .with_context(|| format!("opening capture {}", file.display()))?
+        .with_codec(AmiCodec::default().with_skim(ami_zoho_bridge::calls::skimmable));
     let mut tracker = tracker_for(cfg);
     let mut outputs = Vec::new();
     let never = CancellationToken::new();
@@ -473,6 +474,15 @@ async fn attach_to_simulator(cfg: &mut Config, sim: &SimHandle, dir: &Path) -> a
 /// `demo`: a local Zoho, the bundled busy hour through the whole pipeline into SQLite, a
 /// summary of what was created, then the search page until Ctrl-C (or at once with
 /// `serve = false`).
+/// Prints a line of the demo's report. A closed stdout (`demo | head`) must not take the
+/// search page down with a panic, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub async fn demo(dir: Option<PathBuf>, listen: SocketAddr, serve: bool) -> anyhow::Result<()> {
     use ami_zoho_bridge::daemon::Bridge;
     use ami_zoho_bridge::secret::Secret;
@@ -497,11 +507,11 @@ pub async fn demo(dir: Option<PathBuf>, listen: SocketAddr, serve: bool) -> anyh
         .unwrap_or_else(|| format!("demo-{:08x}", rand::random::<u32>()));
     cfg.http.token = Some(Secret::new(token.clone()));
 
-    println!(
+    say!(
         "Zoho simulator: http://{} (an org with sample users, contacts and leads)",
         sim.addr
     );
-    println!(
+    say!(
         "Replaying a recorded busy hour of an Asterisk 20 PBX (121 calls) into {}",
         dir.display()
     );
@@ -515,7 +525,7 @@ pub async fn demo(dir: Option<PathBuf>, listen: SocketAddr, serve: bool) -> anyh
 
     let records = sim.records("Calls");
     let linked = |k: &str| records.iter().filter(|r| r.get(k).is_some()).count();
-    println!(
+    say!(
         "{calls} calls → {} Call activities created in Zoho ({} linked to a Contact, {} to a Lead), {} failed, {} pending",
         records.len(),
         linked("Who_Id"),
@@ -528,7 +538,7 @@ pub async fn demo(dir: Option<PathBuf>, listen: SocketAddr, serve: bool) -> anyh
         .filter(|r| r.get("Who_Id").is_some() || r.get("What_Id").is_some())
         .take(8)
     {
-        println!(
+        say!(
             "  {:<58} {:<8} {}",
             r["Subject"].as_str().unwrap_or(""),
             r["Call_Type"].as_str().unwrap_or(""),
@@ -544,11 +554,11 @@ pub async fn demo(dir: Option<PathBuf>, listen: SocketAddr, serve: bool) -> anyh
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    println!(
+    say!(
         "Search page: http://{}/  (sign in with the token {token})",
         listener.local_addr()?
     );
-    println!("Try a phone search for 333 158 8952 or 02 977 0838. Ctrl-C to stop.");
+    say!("Try a phone search for 333 158 8952 or 02 977 0838. Ctrl-C to stop.");
     let stop_http = CancellationToken::new();
     let server = tokio::spawn(ami_zoho_bridge::http::serve(
         listener,

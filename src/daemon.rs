@@ -181,6 +181,8 @@ pub async fn ingest_pbx(
     let secret = pbx.secret(index).map_err(DaemonError::Config)?;
     let mut client_cfg = ClientConfig::new(&pbx.host, pbx.port, &pbx.username, secret);
     client_cfg.auth = pbx.auth;
+    // The session feeds the call tracker only: the events it reads nothing of are skimmed.
+    client_cfg.skim = Some(crate::calls::skimmable);
     client_cfg.ping_interval = Duration::from_secs_f64(pbx.ping_seconds);
     let name = pbx.name.clone();
     let ami_error = |e: crate::ami::AmiError| DaemonError::Ami {

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ami_zoho_bridge::ami::replay::Replay;
-use ami_zoho_bridge::ami::{AmiClient, AuthMethod, ClientConfig, SourceEvent};
-use ami_zoho_bridge::calls::{Micros, Output, Tracker};
+use ami_zoho_bridge::ami::{AmiClient, AmiCodec, AuthMethod, ClientConfig, SourceEvent};
+use ami_zoho_bridge::calls::{self, Micros, Output, Tracker};
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::pipeline::Pipeline;
 use ami_zoho_bridge::secret::Secret;
@@ -415,6 +415,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 UsageError("set the AMI secret in the environment variable AMI_SECRET".into())
             })?;
             let mut cfg = ClientConfig::new(host, port, username, Secret::new(secret));
+            if emit != Emit::Events {
+                cfg.skim = Some(calls::skimmable);
+            }
             cfg.auth = match auth {
                 AuthArg::Plain => AuthMethod::Plain,
                 AuthArg::Md5 => AuthMethod::Md5,
@@ -488,8 +491,12 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 
 fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> {
     let cfg = load_config(config)?;
-    let replay =
+    let mut replay =
         Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
+    if emit != Emit::Events {
+        // Calls and activities come from the tracker alone: skim what it does not read.
+        replay = replay.with_codec(AmiCodec::default().with_skim(calls::skimmable));
+    }
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut tracker = Tracker::new(cfg.calls.clone());
@@ -564,7 +571,8 @@ fn pipeline_once(data: &[u8], cfg: &Config) -> anyhow::Result<PipelineCount> {
     use ami_zoho_bridge::ami::{AmiCodec, Frame};
     use tokio_util::codec::Decoder;
     let mut buf = bytes::BytesMut::with_capacity(128 * 1024);
-    let mut codec = AmiCodec::default();
+    // As the daemon reads a PBX: events the tracker does not read are skimmed.
+    let mut codec = AmiCodec::default().with_skim(ami_zoho_bridge::calls::skimmable);
     let mut tracker = Tracker::new(cfg.calls.clone());
     let mut outputs = Vec::new();
     let mut count = PipelineCount::default();

@@ -57,6 +57,8 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_message: usize,
+    /// Events the consumer reads nothing of but their time (see [`AmiCodec::with_skim`]).
+    pub skim: Option<super::message::SkimFilter>,
 }
 
 impl ClientConfig {
@@ -81,6 +83,7 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             max_message: super::parse::DEFAULT_MAX_MESSAGE,
+            skim: None,
         }
     }
 
@@ -223,7 +226,7 @@ impl Session {
         stream.set_nodelay(true)?;
         let (r, w) = tokio::io::split(stream);
         let mut session = Session {
-            reader: FramedRead::new(r, AmiCodec::new(cfg.max_message)),
+            reader: FramedRead::new(r, reader_codec(cfg)),
             writer: FramedWrite::new(w, AmiCodec::new(cfg.max_message)),
             banner: String::new(),
         };
@@ -481,6 +484,14 @@ async fn drive(
         let _ = p.reply.send(Err(AmiError::Closed));
     }
     end
+}
+
+fn reader_codec(cfg: &ClientConfig) -> AmiCodec {
+    let codec = AmiCodec::new(cfg.max_message);
+    match cfg.skim {
+        Some(skim) => codec.with_skim(skim),
+        None => codec,
+    }
 }
 
 /// Resolves when an outstanding Ping has waited past its timeout; never while none is out.

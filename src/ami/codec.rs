@@ -7,7 +7,7 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::message::{Action, Message, MessageSpans};
+use super::message::{Action, Message, MessageSpans, SkimFilter};
 use super::parse;
 use super::AmiError;
 
@@ -45,6 +45,7 @@ pub struct AmiCodec {
     end_command_seen: bool,
     /// The partial message has a `Follows` in it (legacy command output).
     follows_seen: bool,
+    skim: Option<SkimFilter>,
 }
 
 impl Default for AmiCodec {
@@ -63,7 +64,19 @@ impl AmiCodec {
             scanned: 0,
             end_command_seen: false,
             follows_seen: false,
+            skim: None,
         }
+    }
+
+    /// Events for which `skim` says yes are parsed only up to their `Timestamp` header; the
+    /// rest of their lines are framed (searched for the empty line) but not split into
+    /// headers. For a consumer that reads nothing else of them: the call tracker keeps only
+    /// the stream time of CEL, RTCP, Newexten, Newstate... which are half a busy PBX's events
+    /// and the longest ones. The message keeps all its bytes and says
+    /// [`is_skimmed`](Message::is_skimmed). An event without `Timestamp` is parsed whole.
+    pub fn with_skim(mut self, skim: SkimFilter) -> AmiCodec {
+        self.skim = Some(skim);
+        self
     }
 
     /// How many oversize messages were skipped so far.
@@ -159,7 +172,7 @@ impl Decoder for AmiCodec {
                     if !self.may_be_complete(src) {
                         return Ok(None);
                     }
-                    let mut spans = MessageSpans::new(src);
+                    let mut spans = MessageSpans::new(src, self.skim);
                     let consumed = match parse::message_into(src, self.max_message, &mut spans) {
                         Ok(rest) => src.len() - rest.len(),
                         Err(nom::Err::Incomplete(_)) => {
@@ -261,6 +274,58 @@ mod tests {
             out.push(f);
         }
         out
+    }
+
+    fn messages(frames: Vec<Frame>) -> Vec<Message> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Message(m) => Some(m),
+                Frame::Banner(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn skimmed_events_stop_after_timestamp_and_the_stream_goes_on() {
+        let input = b"Event: CEL\r\nPrivilege: cdr,all\r\nTimestamp: 1.5\r\nEventName: X\r\nno colon\r\n\r\n\
+Event: CEL\r\nEventName: Y\r\nEventTime: 2023-11-14 22:13:20\r\n\r\n\
+Event: Hangup\r\nTimestamp: 2.0\r\nCause: 16\r\n\n\
+Response: Success\r\nActionID: a\r\n\r\n";
+        let skim = |e: &[u8]| e == b"CEL";
+        let got = messages(decode_all(&mut AmiCodec::default().with_skim(skim), input));
+        let full = messages(decode_all(&mut AmiCodec::default(), input));
+        assert_eq!(got.len(), 4);
+        // Up to and including Timestamp; the bytes are all kept.
+        assert!(got[0].is_skimmed());
+        assert_eq!(got[0].header_count(), 3);
+        assert_eq!(got[0].get("EventName"), None);
+        assert_eq!(got[0].as_bytes(), full[0].as_bytes());
+        // No Timestamp: parsed whole (its EventTime is the only time it has).
+        assert!(!got[1].is_skimmed());
+        assert_eq!(got[1].get("EventTime"), Some(&b"2023-11-14 22:13:20"[..]));
+        for i in 2..4 {
+            assert!(!got[i].is_skimmed());
+            assert_eq!(got[i].to_json(), full[i].to_json());
+        }
+        // Any chunking gives the same messages.
+        for size in 1..input.len() {
+            let mut codec = AmiCodec::default().with_skim(skim);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in input.chunks(size) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = codec.decode(&mut buf).unwrap() {
+                    out.push(f);
+                }
+            }
+            let out = messages(out);
+            assert_eq!(out.len(), 4, "chunk {size}");
+            for (a, b) in out.iter().zip(&got) {
+                assert_eq!(a.to_json(), b.to_json(), "chunk {size}");
+                assert_eq!(a.as_bytes(), b.as_bytes(), "chunk {size}");
+            }
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Message {
     buf: Bytes,
     headers: Vec<(Span, Span)>,
     raw: Vec<Span>,
+    /// Parsed only up to its `Timestamp` (see [`AmiCodec::with_skim`](super::AmiCodec::with_skim)).
+    skimmed: bool,
 }
 
 impl Message {
@@ -64,7 +66,7 @@ impl Message {
             text.extend_from_slice(b"\r\n");
         }
         text.extend_from_slice(b"\r\n");
-        let mut spans = MessageSpans::new(&text);
+        let mut spans = MessageSpans::new(&text, None);
         // Cannot fail: the text ends with an empty line and has no size cap.
         let _ = super::parse::message_into(&text, usize::MAX, &mut spans);
         spans.into_message(Bytes::from(text))
@@ -168,6 +170,12 @@ impl Message {
         })
     }
 
+    /// Whether only the headers up to `Timestamp` were parsed (the event's name was in the
+    /// codec's skim list); [`as_bytes`](Message::as_bytes) still has all of it.
+    pub fn is_skimmed(&self) -> bool {
+        self.skimmed
+    }
+
     /// The frame's bytes as received.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
@@ -184,6 +192,19 @@ impl fmt::Debug for Message {
     }
 }
 
+/// Decides from an event's name whether its headers after `Timestamp` may go unparsed.
+pub type SkimFilter = fn(&[u8]) -> bool;
+
+/// What the span recorder still looks out for when skimming is on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Nothing,
+    /// The first header: `Event` and a name the filter accepts arm the skim.
+    FirstHeader,
+    /// Armed: stop after `Timestamp` (no `Timestamp`, no skim: the whole event is parsed).
+    Timestamp,
+}
+
 /// Header positions recorded while the parse still borrows the read buffer; turned into a
 /// [`Message`] once the frame's bytes have been split off (offsets are relative to `base`,
 /// which must be where the split bytes start).
@@ -191,13 +212,17 @@ pub(crate) struct MessageSpans {
     base: *const u8,
     headers: Vec<(Span, Span)>,
     raw: Vec<Span>,
+    skim: Option<SkimFilter>,
+    watch: Watch,
+    skimmed: bool,
 }
 
 impl<'a> LineSink<'a> for MessageSpans {
     #[inline]
-    fn header(&mut self, name: &'a [u8], value: &'a [u8]) {
+    fn header(&mut self, name: &'a [u8], value: &'a [u8]) -> bool {
         self.headers
             .push((Span::of(self.base, name), Span::of(self.base, value)));
+        self.watch == Watch::Nothing || self.watch_header(name, value)
     }
     fn raw(&mut self, line: &'a [u8]) {
         self.raw.push(Span::of(self.base, line));
@@ -205,12 +230,44 @@ impl<'a> LineSink<'a> for MessageSpans {
 }
 
 impl MessageSpans {
-    pub(crate) fn new(base: &[u8]) -> MessageSpans {
+    pub(crate) fn new(base: &[u8], skim: Option<SkimFilter>) -> MessageSpans {
         MessageSpans {
             base: base.as_ptr(),
             // Most events have 15 to 45 headers: one allocation, no regrowth.
             headers: Vec::with_capacity(48),
             raw: Vec::new(),
+            skim,
+            watch: if skim.is_some() {
+                Watch::FirstHeader
+            } else {
+                Watch::Nothing
+            },
+            skimmed: false,
+        }
+    }
+
+    /// Whether parsing goes on after this header.
+    fn watch_header(&mut self, name: &[u8], value: &[u8]) -> bool {
+        match self.watch {
+            Watch::Nothing => true,
+            Watch::FirstHeader => {
+                let armed =
+                    name.eq_ignore_ascii_case(b"Event") && self.skim.is_some_and(|f| f(value));
+                self.watch = if armed {
+                    Watch::Timestamp
+                } else {
+                    Watch::Nothing
+                };
+                true
+            }
+            Watch::Timestamp => {
+                if !name.eq_ignore_ascii_case(b"Timestamp") {
+                    return true;
+                }
+                self.watch = Watch::Nothing;
+                self.skimmed = true;
+                false
+            }
         }
     }
 
@@ -219,6 +276,7 @@ impl MessageSpans {
             buf,
             headers: self.headers,
             raw: self.raw,
+            skimmed: self.skimmed,
         }
     }
 }

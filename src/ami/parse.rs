@@ -277,14 +277,17 @@ fn colon_in(input: &[u8], from: usize, end: usize) -> Option<usize> {
 /// Receives the lines of a message as the parser finds them. Lets the codec record offsets
 /// directly, without building a borrowed message first.
 pub trait LineSink<'a> {
-    fn header(&mut self, name: &'a [u8], value: &'a [u8]);
+    /// Records a header; `false` asks the parser to skip the message's remaining lines (only
+    /// framing them, see [`AmiCodec::with_skim`](super::AmiCodec::with_skim)).
+    fn header(&mut self, name: &'a [u8], value: &'a [u8]) -> bool;
     fn raw(&mut self, line: &'a [u8]);
 }
 
 impl<'a> LineSink<'a> for MessageRef<'a> {
     #[inline]
-    fn header(&mut self, name: &'a [u8], value: &'a [u8]) {
+    fn header(&mut self, name: &'a [u8], value: &'a [u8]) -> bool {
         self.headers.push((name, value));
+        true
     }
     fn raw(&mut self, line: &'a [u8]) {
         self.raw_lines.push(line);
@@ -340,9 +343,34 @@ pub fn message_into<'a, S: LineSink<'a>>(
             Some(c) => {
                 let (name, value) = header_parts(l, c);
                 follows |= value == b"Follows" && name.eq_ignore_ascii_case(b"Response");
-                sink.header(name, value);
+                if !sink.header(name, value) {
+                    return skip_lines(&mut newlines, start, from, max_len);
+                }
             }
             None => sink.raw(l),
+        }
+    }
+}
+
+/// The rest of a message whose remaining lines the sink does not want: only line ends are
+/// looked at, up to the empty line.
+fn skip_lines<'a>(
+    newlines: &mut Newlines<'a>,
+    start: &'a [u8],
+    mut from: usize,
+    max_len: usize,
+) -> Result<&'a [u8], Err<Error<&'a [u8]>>> {
+    loop {
+        let Some(end) = newlines.next_end() else {
+            return Err(cap(Err::Incomplete(Needed::Unknown), start, max_len));
+        };
+        if end >= max_len {
+            return Err(too_large(start));
+        }
+        let empty = end == from || (end == from + 1 && start[from] == b'\r');
+        from = end + 1;
+        if empty {
+            return Ok(&start[from..]);
         }
     }
 }

@@ -11,8 +11,11 @@ pub struct Micros(pub i64);
 impl Micros {
     /// Parses an AMI `Timestamp:` / CEL `EventTime`-style `<seconds>.<fraction>` value.
     pub fn parse_epoch(text: &[u8]) -> Option<Micros> {
-        // Read on every event: plain byte arithmetic, no UTF-8 validation or allocation.
-        let text = text.trim_ascii();
+        // Read on every event: one pass of byte arithmetic, no UTF-8 validation, no allocation.
+        let text = match text {
+            [first, .., last] if *first > b' ' && *last > b' ' => text,
+            _ => text.trim_ascii(),
+        };
         let (secs, frac) = match text.iter().position(|&b| b == b'.') {
             Some(dot) => (&text[..dot], &text[dot + 1..]),
             None => (text, &text[..0]),
@@ -22,19 +25,22 @@ impl Micros {
         }
         let mut seconds: i64 = 0;
         for &b in secs {
-            if !b.is_ascii_digit() {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
                 return None;
             }
-            seconds = seconds * 10 + i64::from(b - b'0');
+            seconds = seconds * 10 + i64::from(d);
         }
+        // Microseconds: the first six fraction digits, padded with zeros.
         let mut micros: i64 = 0;
-        for i in 0..6 {
-            let digit = match frac.get(i) {
-                Some(b) if b.is_ascii_digit() => i64::from(b - b'0'),
-                Some(_) => return None,
-                None => 0,
-            };
-            micros = micros * 10 + digit;
+        let mut scale = 100_000;
+        for &b in frac.iter().take(6) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            micros += i64::from(d) * scale;
+            scale /= 10;
         }
         Some(Micros(seconds * 1_000_000 + micros))
     }

@@ -25,18 +25,32 @@ pub fn read_capture(path: &Path) -> Vec<u8> {
     }
 }
 
-/// Runs recorded AMI bytes through the call tracker, as `replay --emit calls` does, and
-/// returns the finished calls in end order.
+/// Runs recorded AMI bytes through the call tracker, as `replay --emit calls` and the daemon
+/// do (skimming the events the tracker does not read), and returns the finished calls in end
+/// order.
 pub fn finished_calls(
     bytes: &[u8],
     cfg: ami_zoho_bridge::config::CallsConfig,
 ) -> Vec<ami_zoho_bridge::calls::Call> {
+    finished_calls_with(bytes, cfg, true)
+}
+
+/// [`finished_calls`], with or without skimming.
+pub fn finished_calls_with(
+    bytes: &[u8],
+    cfg: ami_zoho_bridge::config::CallsConfig,
+    skim: bool,
+) -> Vec<ami_zoho_bridge::calls::Call> {
     use ami_zoho_bridge::ami::replay::Replay;
-    use ami_zoho_bridge::ami::SourceEvent;
-    use ami_zoho_bridge::calls::{Micros, Output, Tracker};
+    use ami_zoho_bridge::ami::{AmiCodec, SourceEvent};
+    use ami_zoho_bridge::calls::{skimmable, Micros, Output, Tracker};
     let mut tracker = Tracker::new(cfg);
     let mut out = Vec::new();
-    for ev in Replay::new(bytes) {
+    let codec = match skim {
+        true => AmiCodec::default().with_skim(skimmable),
+        false => AmiCodec::default(),
+    };
+    for ev in Replay::new(bytes).with_codec(codec) {
         match ev.expect("decode") {
             SourceEvent::Message(m) => tracker.on_message(&m, Micros(0), &mut out),
             SourceEvent::Reconnected { .. } => tracker.on_reconnect(),

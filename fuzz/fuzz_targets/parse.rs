@@ -1,5 +1,6 @@
 //! Fuzzes the AMI parser and codec: no input may panic, and feeding the same bytes in small
-//! chunks must give exactly the messages that feeding them whole gives.
+//! chunks must give exactly the messages that feeding them whole gives, with and without
+//! skimming (the first byte picks the chunk size and whether to skim).
 #![no_main]
 
 use ami_zoho_bridge::ami::{parse, AmiCodec, Frame};
@@ -7,8 +8,12 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
-fn decode(data: &[u8], chunk: usize, max: usize) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+fn decode(data: &[u8], chunk: usize, max: usize, skim: bool) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut codec = AmiCodec::new(max);
+    if skim {
+        // Skims every event that has a Timestamp: the most lines framed without parsing.
+        codec = codec.with_skim(|_| true);
+    }
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let push = |f: Frame, out: &mut Vec<_>| {
@@ -33,9 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else { return };
     let chunk = usize::from(first % 64) + 1;
     // A cap far above the input: chunking can never change the result.
-    let whole = decode(rest, rest.len().max(1), usize::MAX / 2);
-    let split = decode(rest, chunk, usize::MAX / 2);
+    let skim = first & 0x80 != 0;
+    let whole = decode(rest, rest.len().max(1), usize::MAX / 2, skim);
+    let split = decode(rest, chunk, usize::MAX / 2, skim);
     assert_eq!(whole, split);
     // With a small cap only robustness is checked (skips depend on what is buffered).
-    let _ = decode(rest, chunk, 256);
+    let _ = decode(rest, chunk, 256, skim);
 });

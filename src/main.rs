@@ -17,12 +17,6 @@ use ami_zoho_bridge::secret::Secret;
 
 mod commands;
 
-/// mimalloc rather than the system allocator: every AMI event allocates its header index and
-/// the tracker a few strings, and glibc's malloc/free cost several hundred instructions an
-/// event there (callgrind), a tenth of the pipeline.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "ami-zoho-bridge",

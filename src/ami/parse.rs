@@ -15,8 +15,10 @@
 //! - Asterisk 13 `Response: Follows` command output, raw text up to `--END COMMAND--`,
 //!   in which empty lines and colons are data.
 //!
-//! Line splitting uses `memchr`, which is what makes the parser fast: the per-line work is two
-//! vectorised byte searches and a few slice operations.
+//! What makes it fast: a message's line ends come from one vectorised classification of each
+//! 64-byte block into a bitmask (`Newlines`), a header's colon from one 16-byte compare
+//! at the line's start, so the per-line work is a few bit and slice operations. A consumer
+//! that does not want an event's other lines (see `AmiCodec::with_skim`) has them only framed.
 
 use memchr::memchr;
 use nom::bytes::streaming::tag;

@@ -195,14 +195,14 @@ async fn replay_into(
     speed: Option<f64>,
 ) -> anyhow::Result<usize> {
     use ami_zoho_bridge::ami::replay::Replay;
-    use ami_zoho_bridge::ami::{AmiCodec, SourceEvent};
+    use ami_zoho_bridge::ami::SourceEvent;
     use ami_zoho_bridge::calls::Micros;
     use ami_zoho_bridge::daemon::tracker_for;
     use tokio_util::sync::CancellationToken;
 
     let replay = Replay::open(file)
         .with_context(|| format!("opening capture {}", file.display()))?
-        .with_codec(AmiCodec::default().with_skim(ami_zoho_bridge::calls::skimmable));
+        .with_codec(ami_zoho_bridge::calls::tracker_codec());
     let mut tracker = tracker_for(cfg);
     let mut outputs = Vec::new();
     let never = CancellationToken::new();

@@ -495,7 +495,7 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
         Replay::open(file).with_context(|| format!("opening capture {}", file.display()))?;
     if emit != Emit::Events {
         // Calls and activities come from the tracker alone: skim what it does not read.
-        replay = replay.with_codec(AmiCodec::default().with_skim(calls::skimmable));
+        replay = replay.with_codec(calls::tracker_codec());
     }
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -568,34 +568,16 @@ struct PipelineCount {
 
 /// Codec and tracker over a capture in memory, fed 64 KiB at a time as a socket would.
 fn pipeline_once(data: &[u8], cfg: &Config) -> anyhow::Result<PipelineCount> {
-    use ami_zoho_bridge::ami::{AmiCodec, Frame};
-    use tokio_util::codec::Decoder;
-    let mut buf = bytes::BytesMut::with_capacity(128 * 1024);
-    // As the daemon reads a PBX: events the tracker does not read are skimmed.
-    let mut codec = AmiCodec::default().with_skim(ami_zoho_bridge::calls::skimmable);
     let mut tracker = Tracker::new(cfg.calls.clone());
     let mut outputs = Vec::new();
     let mut count = PipelineCount::default();
-    let mut chunks = data.chunks(64 * 1024);
-    loop {
-        let frame = match codec.decode(&mut buf)? {
-            Some(f) => Some(f),
-            None => match chunks.next() {
-                Some(chunk) => {
-                    buf.extend_from_slice(chunk);
-                    continue;
-                }
-                None => codec.decode_eof(&mut buf)?,
-            },
-        };
-        let Some(frame) = frame else { break };
-        if let Frame::Message(m) = frame {
-            count.events += u64::from(m.event().is_some());
-            tracker.on_message(&m, Micros(0), &mut outputs);
-            count.calls += commands::finished_count(&outputs) as u64;
-            outputs.clear();
-        }
-    }
+    // As the daemon reads a PBX: events the tracker does not read are skimmed.
+    each_message(data, calls::tracker_codec(), |m| {
+        count.events += u64::from(m.event().is_some());
+        tracker.on_message(m, Micros(0), &mut outputs);
+        count.calls += commands::finished_count(&outputs) as u64;
+        outputs.clear();
+    })?;
     tracker.finish(&mut outputs);
     count.calls += commands::finished_count(&outputs) as u64;
     count.peak_live_calls = tracker.peak_live_calls();
@@ -671,29 +653,41 @@ fn time_rounds<T>(
     Ok((result, fastest))
 }
 
-fn bench_parse(file: &Path, rounds: u32, baseline: bool) -> anyhow::Result<()> {
-    use ami_zoho_bridge::ami::{AmiCodec, Frame};
+/// Feeds a capture in memory to `codec` 64 KiB at a time, as socket reads would, and hands
+/// each message to `f`: what the benchmarks time is copying into the read buffer, framing
+/// and parsing (and `f`), not the disk.
+fn each_message(
+    data: &[u8],
+    mut codec: AmiCodec,
+    mut f: impl FnMut(&ami_zoho_bridge::ami::Message),
+) -> anyhow::Result<()> {
+    use ami_zoho_bridge::ami::Frame;
     use tokio_util::codec::Decoder;
-    let data = Replay::read_all(file).with_context(|| format!("reading {}", file.display()))?;
-    // The codec a live session uses, fed 64 KiB at a time as a socket read would: what is
-    // timed is copying into the read buffer, framing and parsing, not the disk.
-    let count = |data: &[u8]| -> anyhow::Result<u64> {
-        let mut buf = bytes::BytesMut::with_capacity(128 * 1024);
-        let mut codec = AmiCodec::default();
-        let mut events = 0u64;
-        for chunk in data.chunks(64 * 1024) {
-            buf.extend_from_slice(chunk);
-            while let Some(frame) = codec.decode(&mut buf)? {
-                if let Frame::Message(m) = frame {
-                    events += u64::from(m.event().is_some());
-                }
-            }
-        }
-        while let Some(frame) = codec.decode_eof(&mut buf)? {
+    let mut buf = bytes::BytesMut::with_capacity(128 * 1024);
+    for chunk in data.chunks(64 * 1024) {
+        buf.extend_from_slice(chunk);
+        while let Some(frame) = codec.decode(&mut buf)? {
             if let Frame::Message(m) = frame {
-                events += u64::from(m.event().is_some());
+                f(&m);
             }
         }
+    }
+    while let Some(frame) = codec.decode_eof(&mut buf)? {
+        if let Frame::Message(m) = frame {
+            f(&m);
+        }
+    }
+    Ok(())
+}
+
+fn bench_parse(file: &Path, rounds: u32, baseline: bool) -> anyhow::Result<()> {
+    let data = Replay::read_all(file).with_context(|| format!("reading {}", file.display()))?;
+    // The codec a live session uses, without skimming: every header of every message parsed.
+    let count = |data: &[u8]| -> anyhow::Result<u64> {
+        let mut events = 0u64;
+        each_message(data, AmiCodec::default(), |m| {
+            events += u64::from(m.event().is_some());
+        })?;
         Ok(events)
     };
     let (events, seconds) = time_rounds(rounds, || count(&data))?;

@@ -146,6 +146,11 @@ pub fn skimmable(event: &[u8]) -> bool {
     )
 }
 
+/// The codec for a stream that feeds a tracker: it skims the [`skimmable`] events.
+pub fn tracker_codec() -> crate::ami::AmiCodec {
+    crate::ami::AmiCodec::default().with_skim(skimmable)
+}
+
 /// A byte-string pattern match compiles to a switch on the length and a few byte compares,
 /// where a list of names would cost a comparison each.
 fn relevant(event: &[u8]) -> bool {

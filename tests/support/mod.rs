@@ -43,11 +43,11 @@ pub fn finished_calls_with(
 ) -> Vec<ami_zoho_bridge::calls::Call> {
     use ami_zoho_bridge::ami::replay::Replay;
     use ami_zoho_bridge::ami::{AmiCodec, SourceEvent};
-    use ami_zoho_bridge::calls::{skimmable, Micros, Output, Tracker};
+    use ami_zoho_bridge::calls::{tracker_codec, Micros, Output, Tracker};
     let mut tracker = Tracker::new(cfg);
     let mut out = Vec::new();
     let codec = match skim {
-        true => AmiCodec::default().with_skim(skimmable),
+        true => tracker_codec(),
         false => AmiCodec::default(),
     };
     for ev in Replay::new(bytes).with_codec(codec) {

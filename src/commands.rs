@@ -211,21 +211,18 @@ async fn replay_into(
     let mut first_ts: Option<i64> = None;
     let mut calls = 0usize;
     for event in replay {
-        match event? {
-            SourceEvent::Message(m) => {
-                let ts = m.get("Timestamp").and_then(Micros::parse_epoch);
-                if let (Some(x), Some(ts)) = (pace, ts) {
-                    let t0 = *first_ts.get_or_insert(ts.0);
-                    let due = Duration::from_secs_f64(((ts.0 - t0).max(0) as f64 / 1e6) / x);
-                    if let Some(sleep) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(sleep).await;
-                    }
+        let event = event?;
+        if let SourceEvent::Message(m) = &event {
+            let ts = m.get("Timestamp").and_then(Micros::parse_epoch);
+            if let (Some(x), Some(ts)) = (pace, ts) {
+                let t0 = *first_ts.get_or_insert(ts.0);
+                let due = Duration::from_secs_f64(((ts.0 - t0).max(0) as f64 / 1e6) / x);
+                if let Some(sleep) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(sleep).await;
                 }
-                tracker.on_message(&m, Micros(0), &mut outputs);
             }
-            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
-            _ => {}
         }
+        tracker.feed(&event, Micros(0), &mut outputs);
         calls += finished_count(&outputs);
         bridge.handle("replay", &mut outputs, &never).await;
     }

@@ -243,6 +243,7 @@ pub async fn ingest_pbx(
                     health.set_pbx(&pbx.name, false);
                     tracing::warn!(pbx = %pbx.name, %reason, "AMI disconnected; reconnecting");
                 }
+                Some(ev @ SourceEvent::Resync { .. }) => tracker.feed(&ev, clock.now(), &mut outputs),
                 Some(SourceEvent::Connected { .. }) => {}
             },
             tag = tags.recv(), if tags_open => match tag {

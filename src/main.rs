@@ -506,13 +506,10 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
     };
     let mut outputs = Vec::new();
     for event in replay {
-        match event? {
-            SourceEvent::Message(m) => match emit {
-                Emit::Events => writeln!(out, "{}", m.to_json())?,
-                Emit::Calls | Emit::Activities => tracker.on_message(&m, Micros(0), &mut outputs),
-            },
-            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
-            _ => {}
+        match (event?, emit) {
+            (SourceEvent::Message(m), Emit::Events) => writeln!(out, "{}", m.to_json())?,
+            (_, Emit::Events) => {}
+            (ev, _) => tracker.feed(&ev, Micros(0), &mut outputs),
         }
         write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
     }
@@ -611,20 +608,21 @@ async fn watch(
         };
         match next {
             None => return Ok(()),
-            Some(SourceEvent::Message(m)) => match emit {
-                Emit::Events => {
-                    writeln!(out, "{}", m.to_json())?;
-                    out.flush()?;
+            Some(SourceEvent::Message(m)) if emit == Emit::Events => {
+                writeln!(out, "{}", m.to_json())?;
+                out.flush()?;
+            }
+            Some(ev) => {
+                if !matches!(ev, SourceEvent::Message(_)) {
+                    tracing::info!(?ev, "AMI session");
                 }
-                Emit::Calls | Emit::Activities => {
+                if emit != Emit::Events {
                     let now = Micros(jiff::Timestamp::now().as_microsecond());
-                    tracker.on_message(&m, now, &mut outputs);
+                    tracker.feed(&ev, now, &mut outputs);
                     write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
                     out.flush()?;
                 }
-            },
-            Some(SourceEvent::Reconnected { .. }) => tracker.on_reconnect(),
-            Some(other) => tracing::info!(?other, "AMI session"),
+            }
         }
     }
 }

@@ -64,6 +64,7 @@ async fn collect(rx: &mut UnboundedReceiver<SourceEvent>, n: usize) -> (Vec<Vec<
             SourceEvent::Connected { .. } => markers.push("connected".into()),
             SourceEvent::Reconnected { .. } => markers.push("reconnected".into()),
             SourceEvent::Disconnected { .. } => markers.push("disconnected".into()),
+            SourceEvent::Resync { .. } => markers.push("resync".into()),
         }
     }
     (messages, markers)

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 
 use ami_zoho_bridge::ami::replay::Replay;
-use ami_zoho_bridge::ami::{Message, SourceEvent};
+use ami_zoho_bridge::ami::Message;
 use ami_zoho_bridge::calls::{Call, Micros, Output, Tracker};
 use ami_zoho_bridge::config::{CallsConfig, Config};
 
@@ -18,11 +18,7 @@ fn lab_config() -> CallsConfig {
 
 fn feed(tracker: &mut Tracker, bytes: &[u8], out: &mut Vec<Output>) {
     for ev in Replay::new(bytes) {
-        match ev.expect("decode") {
-            SourceEvent::Message(m) => tracker.on_message(&m, Micros(0), out),
-            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
-            _ => {}
-        }
+        tracker.feed(&ev.expect("decode"), Micros(0), out);
     }
 }
 

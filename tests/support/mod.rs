@@ -42,7 +42,7 @@ pub fn finished_calls_with(
     skim: bool,
 ) -> Vec<ami_zoho_bridge::calls::Call> {
     use ami_zoho_bridge::ami::replay::Replay;
-    use ami_zoho_bridge::ami::{AmiCodec, SourceEvent};
+    use ami_zoho_bridge::ami::AmiCodec;
     use ami_zoho_bridge::calls::{tracker_codec, Micros, Output, Tracker};
     let mut tracker = Tracker::new(cfg);
     let mut out = Vec::new();
@@ -51,11 +51,7 @@ pub fn finished_calls_with(
         false => AmiCodec::default(),
     };
     for ev in Replay::new(bytes).with_codec(codec) {
-        match ev.expect("decode") {
-            SourceEvent::Message(m) => tracker.on_message(&m, Micros(0), &mut out),
-            SourceEvent::Reconnected { .. } => tracker.on_reconnect(),
-            _ => {}
-        }
+        tracker.feed(&ev.expect("decode"), Micros(0), &mut out);
     }
     tracker.finish(&mut out);
     out.into_iter()

@@ -1,0 +1,59 @@
+//! `outbox list|show|retry`: what is waiting, delivered or parked, and sending parked rows again.
+
+use std::io::{self, Write};
+
+use ami_zoho_bridge::config::Config;
+
+use super::{OutboxCommand, StateArg, UsageError};
+
+pub(crate) async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<()> {
+    use ami_zoho_bridge::store::{OutboxState, Store};
+    let store = Store::open(&cfg.store.url).await?;
+    let mut out = io::stdout().lock();
+    match command {
+        OutboxCommand::List { state, limit, json } => {
+            let state = state.map(|s| match s {
+                StateArg::Pending => OutboxState::Pending,
+                StateArg::Delivered => OutboxState::Delivered,
+                StateArg::Failed => OutboxState::Failed,
+            });
+            let rows = store.outbox_list(state, limit).await?;
+            if json {
+                for r in &rows {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:>6}  {:<9}  {:>3}  {:<22}  {:<24}  {:<20}  last error",
+                    "id", "state", "try", "linkedid", "trigger", "zoho id"
+                )?;
+                for r in &rows {
+                    writeln!(
+                        out,
+                        "{:>6}  {:<9}  {:>3}  {:<22}  {:<24}  {:<20}  {}",
+                        r.id,
+                        r.state,
+                        r.attempts,
+                        r.linkedid,
+                        r.trigger,
+                        r.zoho_id.as_deref().unwrap_or("-"),
+                        r.last_error.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        OutboxCommand::Show { id } => match store.outbox_show(id).await? {
+            Some(r) => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
+            None => return Err(UsageError(format!("no outbox row {id}")).into()),
+        },
+        OutboxCommand::Retry { id, all_failed } => {
+            let n = store
+                .outbox_retry(if all_failed { None } else { id })
+                .await?;
+            writeln!(out, "{n} row(s) queued again")?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}

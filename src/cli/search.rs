@@ -1,0 +1,67 @@
+//! `search`: stored calls by phone or user, from the command line.
+
+use std::io::Write;
+
+use ami_zoho_bridge::config::Config;
+
+use super::UsageError;
+
+/// `search`: stored calls by phone or user, newest first.
+pub(crate) async fn search(
+    cfg: &Config,
+    filters: &ami_zoho_bridge::http::Filters,
+    json: bool,
+) -> anyhow::Result<()> {
+    let country = ami_zoho_bridge::phone::country(&cfg.calls.default_country);
+    let search = filters
+        .search(country)
+        .map_err(|e| UsageError(format!("--{}", e.to_string().replace('_', "-"))))?;
+    let store = ami_zoho_bridge::store::Store::open(&cfg.store.url).await?;
+    let (rows, total) = store.search(&search).await?;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20}  {:<8}  {:<10}  {:<16}  {:<10}  {:<12}  {:<28}  {:<9}  zoho id",
+        "ended (UTC)", "dir", "status", "number", "queue", "agent", "user", "delivery"
+    )?;
+    for r in &rows {
+        let ended: String = r
+            .ended_at
+            .as_deref()
+            .unwrap_or("")
+            .replace('T', " ")
+            .chars()
+            .take(19)
+            .collect();
+        writeln!(
+            out,
+            "{:<20}  {:<8}  {:<10}  {:<16}  {:<10}  {:<12}  {:<28}  {:<9}  {}",
+            ended,
+            r.direction,
+            r.status,
+            r.remote_number.as_deref().unwrap_or("-"),
+            r.queue.as_deref().unwrap_or("-"),
+            r.agent.as_deref().unwrap_or("-"),
+            r.user_email
+                .as_deref()
+                .or(r.agent_email.as_deref())
+                .unwrap_or("-"),
+            r.delivery,
+            r.activity_id.as_deref().unwrap_or("-")
+        )?;
+    }
+    writeln!(
+        out,
+        "{} of {total} call(s), page {}",
+        rows.len(),
+        search.page
+    )?;
+    Ok(())
+}

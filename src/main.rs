@@ -597,6 +597,8 @@ async fn watch(
         _ => None,
     };
     let mut outputs = Vec::new();
+    // PBX time for what has no Timestamp: wall time plus the offset the stream shows.
+    let mut clock = ami_zoho_bridge::daemon::StreamClock::default();
     loop {
         let next = match idle_exit {
             Some(idle) => match tokio::time::timeout(idle, events.recv()).await {
@@ -615,12 +617,15 @@ async fn watch(
                 out.flush()?;
             }
             Some(ev) => {
-                if !matches!(ev, SourceEvent::Message(_)) {
-                    tracing::info!(?ev, "AMI session");
+                match &ev {
+                    SourceEvent::Message(m) => clock.observe(m),
+                    SourceEvent::Resync { items } => {
+                        tracing::info!(items = items.len(), "AMI resync lists")
+                    }
+                    other => tracing::info!(?other, "AMI session"),
                 }
                 if emit != Emit::Events {
-                    let now = Micros(jiff::Timestamp::now().as_microsecond());
-                    tracker.feed(&ev, now, &mut outputs);
+                    tracker.feed(&ev, clock.now(), &mut outputs);
                     write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
                     out.flush()?;
                 }

@@ -156,7 +156,6 @@ pub fn tracker_for(cfg: &Config) -> Tracker {
     Tracker::new(calls)
 }
 
-
 /// Reads one PBX until `stop`, then stores the calls that have ended.
 pub async fn ingest_pbx(
     bridge: Arc<Bridge>,
@@ -284,7 +283,11 @@ fn session_event(
             tracing::warn!(pbx, %reason, "AMI disconnected; reconnecting");
         }
         SourceEvent::Resync { items } => {
-            tracing::info!(pbx, items = items.len(), "AMI resync lists handed to the tracker");
+            tracing::info!(
+                pbx,
+                items = items.len(),
+                "AMI resync lists handed to the tracker"
+            );
         }
         SourceEvent::Message(_) => {}
     }

@@ -82,7 +82,13 @@ pub async fn restore(store: &Store, pbx: &str, instance: &str, tracker: &mut Tra
         Ok(record) => {
             tracker.restore_live(record.tracker);
             let calls = tracker.live_calls();
-            tracing::info!(pbx, instance, live_calls = calls, saved_seconds_ago = (now_micros() - saved.saved_at) as f64 / 1e6, "live calls restored from the store");
+            tracing::info!(
+                pbx,
+                instance,
+                live_calls = calls,
+                saved_seconds_ago = (now_micros() - saved.saved_at) as f64 / 1e6,
+                "live calls restored from the store"
+            );
             Restored {
                 clock: StreamClock::new(record.clock_offset),
                 calls,
@@ -170,8 +176,12 @@ impl LiveSaver {
         let _ = writer.await;
         if let Some(state) = Self::snapshot(tracker, clock) {
             match store.save_live(&pbx, &instance, now_micros(), &state).await {
-                Ok(()) => tracing::info!(pbx = %pbx, live_calls = tracker.live_calls(), "live calls saved for the next start"),
-                Err(e) => tracing::error!(pbx = %pbx, error = %e, "cannot save the live calls at shutdown: the next start finds them with the resync only"),
+                Ok(()) => {
+                    tracing::info!(pbx = %pbx, live_calls = tracker.live_calls(), "live calls saved for the next start")
+                }
+                Err(e) => {
+                    tracing::error!(pbx = %pbx, error = %e, "cannot save the live calls at shutdown: the next start finds them with the resync only")
+                }
             }
         }
     }

@@ -718,6 +718,8 @@ pub struct LiveState {
     gap_until: f64,
     pub connections: usize,
     pub logins_ok: usize,
+    /// When each login succeeded (wall epoch seconds).
+    pub login_times: Vec<f64>,
     /// Each gap as (wall start, wall end of the hold).
     pub drops: Vec<(f64, f64)>,
     /// Messages played while no session was logged in (lost for the bridge).
@@ -946,6 +948,7 @@ async fn serve_live(sock: TcpStream, cfg: LiveConfig, state: Arc<Mutex<LiveState
     {
         let mut st = state.lock().unwrap();
         st.logins_ok += 1;
+        st.login_times.push(epoch_now());
         st.sessions.push(tx.clone());
     }
     let writer = tokio::spawn(async move {

@@ -396,8 +396,9 @@ impl Tracker {
             && var.eq_ignore_ascii_case(self.cfg.agent_email_variable.trim_start_matches('_'));
         let is_queue_status = var == "QUEUESTATUS";
         let is_dial_status = var == "DIALSTATUS";
+        let is_answered_time = var == "ANSWEREDTIME_MS";
         // VarSet is the most frequent event: decide from the name before any other work.
-        if !(is_route || is_email || is_queue_status || is_dial_status) {
+        if !(is_route || is_email || is_queue_status || is_dial_status || is_answered_time) {
             return;
         }
         let Some(key) = self.channel(m, &PLAIN, ts) else {
@@ -408,6 +409,21 @@ impl Tracker {
         };
         let origin = self.is_origin(key, m);
         let c = self.call_mut(key);
+        if is_answered_time {
+            // Dial (and Queue) set it when they return: how long the answered party talked.
+            // It dates an answer that the resync could only place inside a gap.
+            if let (true, Ok(ms)) = (c.answer_estimated, value.trim().parse::<i64>()) {
+                let at = Micros(ts.0 - ms * 1000).max(c.started_at);
+                if c.origin_dial_answer.is_some() {
+                    c.origin_dial_answer = Some(at);
+                } else if c.connected_at.is_some() {
+                    c.connected_at = Some(at);
+                }
+                c.answer_estimated = false;
+                c.unknown.retain(|u| *u != Unknown::AnsweredAt);
+            }
+            return;
+        }
         if is_route {
             c.route = Some(value);
         } else if is_email {

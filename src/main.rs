@@ -510,6 +510,11 @@ fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::Result<()> 
     for event in replay {
         match (event?, emit) {
             (SourceEvent::Message(m), Emit::Events) => writeln!(out, "{}", m.to_json())?,
+            (SourceEvent::Resync { items }, Emit::Events) => {
+                for m in &items {
+                    writeln!(out, "{}", m.to_json())?;
+                }
+            }
             (_, Emit::Events) => {}
             (ev, _) => tracker.feed(&ev, Micros(0), &mut outputs),
         }

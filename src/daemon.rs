@@ -236,7 +236,8 @@ pub async fn ingest_pbx(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => tags_open = false,
             },
-            _ = tick.tick() => tracker.tick(clock.now(), &mut outputs),
+            // Time moves on between events only once the PBX's clock is known.
+            _ = tick.tick(), if clock.is_known() => tracker.tick(clock.now(), &mut outputs),
             _ = save_tick.tick() => saver.offer(&tracker, &clock),
         }
         // A tag can come before the channel's first event: it waits a few seconds for it.

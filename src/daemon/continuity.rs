@@ -39,9 +39,18 @@ impl StreamClock {
         }
     }
 
-    /// The PBX's time now, as well as it is known (this host's clock until a first Timestamp).
+    /// The PBX's time now; `Micros(0)` while no offset is known, which the tracker reads as
+    /// "the last stream time seen" (this host's clock is never used as the PBX's).
     pub fn now(&self) -> Micros {
-        Micros(now_micros() + self.offset.unwrap_or(0))
+        match self.offset {
+            Some(o) => Micros(now_micros() + o),
+            None => Micros(0),
+        }
+    }
+
+    /// Whether the PBX's time is known (a Timestamp seen, now or in a saved state).
+    pub fn is_known(&self) -> bool {
+        self.offset.is_some()
     }
 
     pub fn offset(&self) -> Option<i64> {

@@ -245,6 +245,7 @@ pub async fn ingest_pbx(
             !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
         });
         if !outputs.is_empty() {
+            continuity::count_resynced(&pbx.name, &outputs);
             bridge.handle(&pbx.name, &mut outputs, &stop).await;
         }
     }

@@ -41,9 +41,8 @@ fn close(a: Option<f64>, b: Option<f64>, tolerance: f64) -> bool {
 /// part of the call before the first login): a moment hidden there is known only to within it.
 fn tolerance(top: &Value, truth: &Value) -> f64 {
     let states = &truth["observed"]["state_at_session_boundaries"];
-    let hidden = |state: &Value| {
-        !matches!(state.as_str(), None | Some("not-started") | Some("ended"))
-    };
+    let hidden =
+        |state: &Value| !matches!(state.as_str(), None | Some("not-started") | Some("ended"));
     let mut tol: f64 = 1.0;
     if let Some(gaps) = top.get("gaps").and_then(Value::as_array) {
         if hidden(&states["disconnect"]) || hidden(&states["reconnect"]) {

@@ -28,6 +28,7 @@ use support::ami_server::{capture_body, epoch_now, Gap, LiveConfig, LiveServer};
 const CLIENT_ID: &str = "1000.LABCLIENT";
 const CLIENT_SECRET: &str = "lab-client-secret";
 const AMI_SECRET: &str = "lab-ami-secret";
+const HTTP_TOKEN: &str = "lab-http-token";
 
 const MIXED: (&str, &str, &str) = (
     "fixtures/ami-real/mixed-small.ami",
@@ -128,6 +129,8 @@ struct Rig {
     /// Wall windows in which the bridge heard nothing: (from, to).
     hidden: Vec<(f64, f64)>,
     children: Vec<Child>,
+    /// `/metrics` of the last bridge, read just before it is stopped.
+    metrics: String,
 }
 
 impl Rig {
@@ -161,6 +164,7 @@ impl Rig {
             case,
             hidden: Vec::new(),
             children: Vec::new(),
+            metrics: String::new(),
         };
         rig.write_config();
         rig.authorize().await;
@@ -212,7 +216,8 @@ backoff_max_seconds = 1
 poll_seconds = 0.2
 
 [http]
-listen = ""
+listen = "127.0.0.1:0"
+token = "{HTTP_TOKEN}"
 
 [agi]
 listen = ""
@@ -367,8 +372,42 @@ listen = ""
         }
         // Anything sent twice would show up in the next moments too.
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.metrics = self.scrape().await;
         let child = self.children.last_mut().expect("child");
         terminate(child);
+    }
+
+    /// `/metrics` of the running bridge (its HTTP port is in its log).
+    async fn scrape(&self) -> String {
+        let n = self.children.len().saturating_sub(1);
+        let log = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+        let Some(addr) = log
+            .lines()
+            .filter(|l| l.contains("HTTP: /healthz"))
+            .find_map(|l| l.split("listen=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|a| a.trim_matches('"').to_string())
+        else {
+            return String::new();
+        };
+        let resp = reqwest::Client::new()
+            .get(format!("http://{addr}/metrics"))
+            .bearer_auth(HTTP_TOKEN)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("GET /metrics");
+        resp.text().await.expect("metrics text")
+    }
+
+    /// The value of a metric line for PBX `lab` (0 when absent).
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("pbx=\"lab\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn hiding(&self, t: f64) -> Option<(f64, f64)> {
@@ -494,7 +533,7 @@ fn terminate(child: &mut Child) {
     }
 }
 
-async fn check(case: Case) {
+async fn check(case: Case) -> Rig {
     let mut rig = Rig::start(case).await;
     rig.run().await;
     let failures = rig.verdict().await;
@@ -508,6 +547,7 @@ async fn check(case: Case) {
             failures.join("\n")
         );
     }
+    rig
 }
 
 // mixed-small: 5 overlapping calls in 22 s. At 2.5 s the inbound call is in its IVR/queue, the
@@ -515,7 +555,7 @@ async fn check(case: Case) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_small_pbx_ahead_90s_two_gaps() {
-    check(Case {
+    let rig = check(Case {
         files: MIXED,
         speed: 1.0,
         skew: 90.0,
@@ -532,6 +572,15 @@ async fn mixed_small_pbx_ahead_90s_two_gaps() {
         stop: None,
     })
     .await;
+    // The gaps as /metrics tells them: two, about 2 s + 5 s of stream lost.
+    assert_eq!(rig.metric("azb_ami_gaps_total"), 2.0, "{}", rig.metrics);
+    let lost = rig.metric("azb_ami_gap_seconds_total");
+    assert!((6.5..9.0).contains(&lost), "gap seconds {lost}");
+    assert!(
+        rig.metric("azb_calls_resynced_total") >= 1.0,
+        "{}",
+        rig.metrics
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,7 +606,7 @@ async fn mixed_small_pbx_behind_90s_two_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_small_kill_9_while_calls_are_up() {
-    check(Case {
+    let rig = check(Case {
         files: MIXED,
         speed: 1.0,
         skew: 90.0,
@@ -565,6 +614,13 @@ async fn mixed_small_kill_9_while_calls_are_up() {
         stop: Some(Stop::Kill { at: 7.0, down: 1.0 }),
     })
     .await;
+    // At 7 s four calls are up: the restarted bridge loaded them from the store.
+    assert!(
+        rig.metric("azb_calls_recovered_total") >= 1.0,
+        "{}",
+        rig.metrics
+    );
+    assert_eq!(rig.metric("azb_ami_gaps_total"), 1.0, "{}", rig.metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,14 +10,15 @@
 //!   event loop never waits on the database) and once more at shutdown. [`restore`] loads it
 //!   before the first session; the login's resync then reconciles it with the PBX.
 //! - [`GapMeter`]: how many gaps, how many seconds of stream were lost, how many calls were
-//!   recovered after a restart.
+//!   recovered after a restart; [`count_resynced`]: how many finished calls lived through a gap
+//!   (their `gaps` were reconciled from the PBX's lists).
 
 use std::time::Instant;
 
 use tokio::sync::watch;
 
 use crate::ami::Message;
-use crate::calls::{LiveState, Micros, Tracker};
+use crate::calls::{LiveState, Micros, Output, Tracker};
 use crate::store::{now_micros, Store};
 
 /// PBX time from wall time: `wall + offset`, the offset learned from the last `Timestamp:`.
@@ -236,5 +237,16 @@ impl GapMeter {
         // 0.4 s gap must not round away.
         metrics::gauge!("azb_ami_gap_seconds_total", "pbx" => self.pbx.clone()).increment(seconds);
         tracing::info!(pbx = %self.pbx, gap_seconds = seconds, "AMI stream gap over");
+    }
+}
+
+/// Counts the finished calls that lived through a gap (`azb_calls_resynced_total`).
+pub fn count_resynced(pbx: &str, outputs: &[Output]) {
+    let n = outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Finished(c) if !c.gaps.is_empty()))
+        .count();
+    if n > 0 {
+        metrics::counter!("azb_calls_resynced_total", "pbx" => pbx.to_string()).increment(n as u64);
     }
 }

@@ -207,7 +207,9 @@ pub async fn ingest_pbx(
     let events_total = metrics::counter!("azb_ami_events_total", "pbx" => pbx.name.clone());
     let reconnects = metrics::counter!("azb_ami_reconnects_total", "pbx" => pbx.name.clone());
     let mut outputs = Vec::new();
-    let mut save_tick = tokio::time::interval(Duration::from_secs(1));
+    // Live calls are saved four times a second when they changed: after a kill -9 only what
+    // happened in the last quarter second before it is unknown to the next start.
+    let mut save_tick = tokio::time::interval(Duration::from_millis(250));
     save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending_tags: Vec<(std::time::Instant, crate::agi::Tag)> = Vec::new();
     let mut tags_open = true;

@@ -5,7 +5,7 @@
 //!   this host's is learned from every `Timestamp:` and applied to wall time for whatever has
 //!   none (`FullyBooted`, the resync lists, the timer). It is saved with the live calls, so a
 //!   restarted bridge uses the PBX's clock from its first event, not its own.
-//! - [`LiveSaver`]: what the tracker knows of live calls goes to the store about once a second
+//! - [`LiveSaver`]: what the tracker knows of live calls goes to the store four times a second
 //!   when it changed (a background writer that only ever keeps the latest snapshot, so the
 //!   event loop never waits on the database) and once more at shutdown. [`restore`] loads it
 //!   before the first session; the login's resync then reconciles it with the PBX.
@@ -112,7 +112,7 @@ pub async fn restore(store: &Store, pbx: &str, instance: &str, tracker: &mut Tra
     }
 }
 
-/// Saves the tracker's live state when it changed, at most about once a second, without
+/// Saves the tracker's live state when it changed (the daemon offers it every 250 ms), without
 /// making the event loop wait: a writer task takes the latest snapshot from a watch channel.
 pub struct LiveSaver {
     store: Store,

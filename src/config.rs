@@ -86,13 +86,35 @@ impl PbxConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` (created on first run) or `postgres://user@host/db`.
     pub url: String,
+    /// This bridge's name for what it saves of live calls (one row per PBX and instance, so
+    /// the two bridges of an HA pair on one PostgreSQL keep theirs apart). It must stay the
+    /// same across restarts. Default: the host name.
+    pub instance: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://ami-zoho-bridge.db".into(),
+            instance: None,
         }
+    }
+}
+
+impl StoreConfig {
+    /// [`StoreConfig::instance`], or the host name when it is not set.
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+            })
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "bridge".into())
     }
 }
 

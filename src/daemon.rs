@@ -11,7 +11,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ami::{AmiClient, ClientConfig, Message, SourceEvent};
+mod continuity;
+pub use continuity::StreamClock;
+use continuity::{GapMeter, LiveSaver};
+
+use crate::ami::{AmiClient, ClientConfig, SourceEvent};
 use crate::calls::{Call, Micros, Output, Tracker};
 use crate::config::{Config, PbxConfig};
 use crate::delivery::{zoho_clients, Delivery};
@@ -152,22 +156,6 @@ pub fn tracker_for(cfg: &Config) -> Tracker {
     Tracker::new(calls)
 }
 
-/// The tracker's clock between events: the last event's time moved on by wall time.
-struct StreamClock {
-    event_at: Micros,
-    wall_at: i64,
-}
-
-impl StreamClock {
-    fn now(&self) -> Micros {
-        Micros(self.event_at.0 + (now_micros() - self.wall_at).max(0))
-    }
-}
-
-fn event_time(m: &Message) -> Option<Micros> {
-    m.get("Timestamp").and_then(Micros::parse_epoch)
-}
-
 /// Reads one PBX until `stop`, then stores the calls that have ended.
 pub async fn ingest_pbx(
     bridge: Arc<Bridge>,
@@ -184,7 +172,16 @@ pub async fn ingest_pbx(
     // The session feeds the call tracker only: the events it reads nothing of are skimmed.
     client_cfg.skim = Some(crate::calls::skimmable);
     client_cfg.ping_interval = Duration::from_secs_f64(pbx.ping_seconds);
+    // After every login the PBX's channels and queues are listed, and the tracker reconciles.
+    client_cfg.resync = true;
     let name = pbx.name.clone();
+    // What this instance knew of live calls when it last stopped, before the first session.
+    let instance = cfg.store.instance_name();
+    let mut tracker = tracker_for(&cfg);
+    let restored = continuity::restore(&bridge.store, &pbx.name, &instance, &mut tracker).await;
+    let mut clock = restored.clock;
+    let mut gaps = GapMeter::new(&pbx.name, &restored);
+    let mut saver = LiveSaver::start(bridge.store.clone(), &pbx.name, &instance);
     let ami_error = |e: crate::ami::AmiError| DaemonError::Ami {
         pbx: name.clone(),
         message: e.to_string(),
@@ -209,12 +206,11 @@ pub async fn ingest_pbx(
     health.set_pbx(&pbx.name, true);
     let events_total = metrics::counter!("azb_ami_events_total", "pbx" => pbx.name.clone());
     let reconnects = metrics::counter!("azb_ami_reconnects_total", "pbx" => pbx.name.clone());
-    let mut tracker = tracker_for(&cfg);
     let mut outputs = Vec::new();
-    let mut clock = StreamClock {
-        event_at: Micros(now_micros()),
-        wall_at: now_micros(),
-    };
+    // Live calls are saved four times a second when they changed: after a kill -9 only what
+    // happened in the last quarter second before it is unknown to the next start.
+    let mut save_tick = tokio::time::interval(Duration::from_millis(250));
+    save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending_tags: Vec<(std::time::Instant, crate::agi::Tag)> = Vec::new();
     let mut tags_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -225,26 +221,15 @@ pub async fn ingest_pbx(
             _ = stop.cancelled() => break,
             ev = events.recv() => match ev {
                 None => break,
-                Some(SourceEvent::Message(m)) => {
-                    events_total.increment(1);
-                    let wall = now_micros();
-                    if let Some(ts) = event_time(&m) {
-                        clock = StreamClock { event_at: ts, wall_at: wall };
+                Some(ev) => {
+                    if let SourceEvent::Message(m) = &ev {
+                        events_total.increment(1);
+                        clock.observe(m);
+                    } else {
+                        session_event(&pbx.name, &ev, &health, &reconnects, &mut gaps);
                     }
-                    tracker.on_message(&m, Micros(wall), &mut outputs);
+                    tracker.feed(&ev, clock.now(), &mut outputs);
                 }
-                Some(SourceEvent::Reconnected { .. }) => {
-                    health.set_pbx(&pbx.name, true);
-                    reconnects.increment(1);
-                    tracing::warn!(pbx = %pbx.name, "AMI reconnected: calls that spanned the gap are marked incomplete");
-                    tracker.on_reconnect();
-                }
-                Some(SourceEvent::Disconnected { reason }) => {
-                    health.set_pbx(&pbx.name, false);
-                    tracing::warn!(pbx = %pbx.name, %reason, "AMI disconnected; reconnecting");
-                }
-                Some(ev @ SourceEvent::Resync { .. }) => tracker.feed(&ev, clock.now(), &mut outputs),
-                Some(SourceEvent::Connected { .. }) => {}
             },
             tag = tags.recv(), if tags_open => match tag {
                 Ok(t) => pending_tags.push((std::time::Instant::now(), t)),
@@ -253,27 +238,63 @@ pub async fn ingest_pbx(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => tags_open = false,
             },
-            _ = tick.tick() => tracker.tick(clock.now(), &mut outputs),
+            // Time moves on between events only once the PBX's clock is known.
+            _ = tick.tick(), if clock.is_known() => tracker.tick(clock.now(), &mut outputs),
+            _ = save_tick.tick() => saver.offer(&tracker, &clock),
         }
         // A tag can come before the channel's first event: it waits a few seconds for it.
         pending_tags.retain(|(at, t)| {
             !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
         });
         if !outputs.is_empty() {
+            continuity::count_resynced(&pbx.name, &outputs);
             bridge.handle(&pbx.name, &mut outputs, &stop).await;
         }
     }
     // Calls whose channels have all hung up are finished, grace period or not.
     let grace = (cfg.calls.grace_seconds * 1e6) as i64 + 1;
     tracker.tick(Micros(clock.now().0 + grace), &mut outputs);
-    let live = tracker.live_calls();
     bridge
         .handle(&pbx.name, &mut outputs, &CancellationToken::new())
         .await;
-    if live > 0 {
-        tracing::warn!(pbx = %pbx.name, live_calls = live, "stopping with calls still up: they are not recorded");
-    }
+    // The calls still up are saved: the next start carries on with them.
+    saver.finish(&tracker, &clock).await;
     Ok(())
+}
+
+/// The session markers: health, reconnect and gap metrics, logs. (The tracker gets them too.)
+fn session_event(
+    pbx: &str,
+    ev: &SourceEvent,
+    health: &crate::ops::Health,
+    reconnects: &metrics::Counter,
+    gaps: &mut GapMeter,
+) {
+    match ev {
+        SourceEvent::Connected { .. } => {
+            health.set_pbx(pbx, true);
+            gaps.connected();
+        }
+        SourceEvent::Reconnected { .. } => {
+            health.set_pbx(pbx, true);
+            reconnects.increment(1);
+            gaps.connected();
+            tracing::warn!(pbx, "AMI reconnected: the PBX's channel and queue lists reconcile the calls that spanned the gap");
+        }
+        SourceEvent::Disconnected { reason } => {
+            health.set_pbx(pbx, false);
+            gaps.disconnected();
+            tracing::warn!(pbx, %reason, "AMI disconnected; reconnecting");
+        }
+        SourceEvent::Resync { items } => {
+            tracing::info!(
+                pbx,
+                items = items.len(),
+                "AMI resync lists handed to the tracker"
+            );
+        }
+        SourceEvent::Message(_) => {}
+    }
 }
 
 /// `ami-zoho-bridge run`: until SIGTERM or SIGINT.

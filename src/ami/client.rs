@@ -9,6 +9,14 @@
 //! After any drop the task reconnects with exponential backoff and jitter, logs in again and
 //! puts a [`SourceEvent::Reconnected`] marker into the stream, so later stages know events
 //! were lost and can resynchronise.
+//!
+//! With [`ClientConfig::resync`] on, every login (the first one too: a bridge that starts while
+//! calls are up has missed their beginning) is followed by `CoreShowChannels` and `QueueStatus`.
+//! Their list items are collected by the reader task itself, never awaited, and handed on as one
+//! [`SourceEvent::Resync`] at the point of the stream where the last list completed: the events
+//! read before that point happened before the snapshot, those after it after. A list that fails
+//! or does not finish in time is logged and simply missing from the items (no `…Complete`), so
+//! the tracker knows it is unknown rather than empty.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +67,13 @@ pub struct ClientConfig {
     pub max_message: usize,
     /// Events the consumer reads nothing of but their time (see [`AmiCodec::with_skim`]).
     pub skim: Option<super::message::SkimFilter>,
+    /// After every login, list the PBX's channels and queue entries and hand them on as one
+    /// [`SourceEvent::Resync`] (the daemon and `watch --emit calls` turn it on).
+    pub resync: bool,
+    /// How long the resync lists may take before what arrived is handed on as it is.
+    pub resync_timeout: Duration,
+    /// The most list items kept for one resync (a bound on memory; the rest is dropped, loudly).
+    pub resync_max_items: usize,
 }
 
 impl ClientConfig {
@@ -84,6 +99,9 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(30),
             max_message: super::parse::DEFAULT_MAX_MESSAGE,
             skim: None,
+            resync: false,
+            resync_timeout: Duration::from_secs(10),
+            resync_max_items: 100_000,
         }
     }
 
@@ -432,6 +450,17 @@ async fn drive(
     } = session;
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Action>();
     let writer_task = tokio::spawn(write_loop(writer, write_rx));
+    let mut resync = None;
+    if cfg.resync {
+        let (lists, actions) = ResyncLists::start(ids, cfg.resync_timeout, cfg.resync_max_items);
+        for a in actions {
+            if write_tx.send(a).is_err() {
+                writer_task.abort();
+                return End::Dropped("writer stopped".into());
+            }
+        }
+        resync = Some(lists);
+    }
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     let mut ping_sent: Option<(String, Instant)> = None;
@@ -439,7 +468,14 @@ async fn drive(
         tokio::select! {
             frame = reader.next() => match frame {
                 Some(Ok(Frame::Message(m))) => {
-                    if ping_sent.as_ref().is_some_and(|(id, _)| m.action_id() == Some(id.as_bytes())) {
+                    if resync.as_mut().is_some_and(|l| l.take(&m)) {
+                        if resync.as_ref().is_some_and(ResyncLists::is_done) {
+                            let done = resync.take().map(|l| l.finish(false));
+                            if done.is_some_and(|ev| events.send(ev).is_err()) {
+                                break End::Shutdown;
+                            }
+                        }
+                    } else if ping_sent.as_ref().is_some_and(|(id, _)| m.action_id() == Some(id.as_bytes())) {
                         ping_sent = None;
                     } else if !route_reply(&mut pending, &m) && events.send(SourceEvent::Message(m)).is_err() {
                         break End::Shutdown;
@@ -474,6 +510,12 @@ async fn drive(
                 }
                 pending.retain(|_, p| !p.reply.is_closed());
             },
+            _ = resync_deadline(&resync) => {
+                let done = resync.take().map(|l| l.finish(true));
+                if done.is_some_and(|ev| events.send(ev).is_err()) {
+                    break End::Shutdown;
+                }
+            },
             _ = keepalive_deadline(&ping_sent, cfg.ping_timeout) => {
                 break End::Dropped(AmiError::KeepaliveTimeout { addr: cfg.addr(), seconds: cfg.ping_timeout.as_secs() }.to_string());
             },
@@ -484,6 +526,116 @@ async fn drive(
         let _ = p.reply.send(Err(AmiError::Closed));
     }
     end
+}
+
+/// The state lists asked for after a login, collected as they arrive on the reader task.
+struct ResyncLists {
+    /// (action, ActionID, finished) per list, in the order they were sent.
+    lists: Vec<(&'static str, String, bool)>,
+    items: Vec<Message>,
+    deadline: Instant,
+    max_items: usize,
+    dropped: usize,
+}
+
+/// The actions whose answers make a resync: every channel, and every queue's waiting callers.
+const RESYNC_ACTIONS: [&str; 2] = ["CoreShowChannels", "QueueStatus"];
+
+impl ResyncLists {
+    fn start(ids: &ActionIds, limit: Duration, max_items: usize) -> (ResyncLists, Vec<Action>) {
+        let lists: Vec<_> = RESYNC_ACTIONS
+            .iter()
+            .map(|name| (*name, ids.next(), false))
+            .collect();
+        let actions = lists
+            .iter()
+            .map(|(name, id, _)| Action::new(*name).header("ActionID", id))
+            .collect();
+        let resync = ResyncLists {
+            lists,
+            items: Vec::new(),
+            deadline: Instant::now() + limit,
+            max_items,
+            dropped: 0,
+        };
+        (resync, actions)
+    }
+
+    /// Keeps `m` if it answers one of the lists; false for any other message.
+    fn take(&mut self, m: &Message) -> bool {
+        let Some(id) = m.action_id() else {
+            return false;
+        };
+        let Some(list) = self
+            .lists
+            .iter_mut()
+            .find(|(_, want, done)| !done && want.as_bytes() == id)
+        else {
+            return false;
+        };
+        match m.kind() {
+            Kind::Response(r) => {
+                let starts_list = m
+                    .get("EventList")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"start"));
+                if r.eq_ignore_ascii_case(b"Error") || !starts_list {
+                    // Typically `Permission denied`: the manager user lacks the class the action
+                    // needs (see config/manager.conf.example). The list counts as unknown.
+                    tracing::warn!(action = list.0, message = %message_text(m), "AMI resync list refused; live calls are reconciled without it");
+                    list.2 = true;
+                }
+            }
+            _ => {
+                let complete = m
+                    .get("EventList")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"Complete"))
+                    || m.event().is_some_and(|e| e.ends_with(b"Complete"));
+                if complete {
+                    list.2 = true;
+                }
+                if self.items.len() < self.max_items || complete {
+                    self.items.push(m.clone());
+                } else {
+                    self.dropped += 1;
+                }
+            }
+        }
+        true
+    }
+
+    fn is_done(&self) -> bool {
+        self.lists.iter().all(|(_, _, done)| *done)
+    }
+
+    /// The resync event, with whatever arrived; what is missing is said in the log.
+    fn finish(self, timed_out: bool) -> SourceEvent {
+        let missing: Vec<&str> = self
+            .lists
+            .iter()
+            .filter(|(_, _, done)| !done)
+            .map(|(name, _, _)| *name)
+            .collect();
+        if timed_out && !missing.is_empty() {
+            tracing::warn!(lists = ?missing, items = self.items.len(), "AMI resync lists did not finish in time; handing on what arrived (the rest counts as unknown)");
+        }
+        if self.dropped > 0 {
+            tracing::warn!(
+                dropped = self.dropped,
+                kept = self.items.len(),
+                "AMI resync list longer than resync_max_items; items past the limit dropped"
+            );
+        }
+        tracing::info!(items = self.items.len(), "AMI resync lists received");
+        SourceEvent::Resync { items: self.items }
+    }
+}
+
+/// Resolves when the resync lists have waited past their limit; never while none is out.
+async fn resync_deadline(lists: &Option<ResyncLists>) {
+    match lists {
+        Some(l) => tokio::time::sleep_until(l.deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn reader_codec(cfg: &ClientConfig) -> AmiCodec {
@@ -589,6 +741,116 @@ mod tests {
             md5_key("12345", "mysecret"),
             "f9fead0d6328e1be5f206c49dab985a1"
         );
+    }
+
+    fn msg(lines: &[(&str, &str)]) -> Message {
+        Message::from_pairs(lines)
+    }
+
+    /// The shape Asterisk 22 answers in (fixtures/ami-real resync-gap-3s): a `Response` with
+    /// `EventList: start`, items with the ActionID, a `…Complete` event with `ListItems`.
+    #[test]
+    fn resync_collects_both_lists_and_ignores_the_stream() {
+        let ids = ActionIds::new();
+        let (mut lists, actions) = ResyncLists::start(&ids, Duration::from_secs(5), 10);
+        assert_eq!(actions.len(), 2);
+        let ch = actions[0].action_id().unwrap().to_string();
+        let qs = actions[1].action_id().unwrap().to_string();
+        assert!(!lists.take(&msg(&[("Event", "Newchannel"), ("Channel", "x")])));
+        assert!(lists.take(&msg(&[
+            ("Response", "Success"),
+            ("ActionID", &ch),
+            ("EventList", "start")
+        ])));
+        assert!(lists.take(&msg(&[
+            ("Event", "CoreShowChannel"),
+            ("ActionID", &ch),
+            ("Channel", "a")
+        ])));
+        assert!(lists.take(&msg(&[
+            ("Event", "CoreShowChannelsComplete"),
+            ("ActionID", &ch),
+            ("EventList", "Complete"),
+            ("ListItems", "1")
+        ])));
+        assert!(!lists.is_done());
+        assert!(lists.take(&msg(&[
+            ("Response", "Success"),
+            ("ActionID", &qs),
+            ("EventList", "start")
+        ])));
+        assert!(lists.take(&msg(&[
+            ("Event", "QueueEntry"),
+            ("Queue", "sales"),
+            ("ActionID", &qs)
+        ])));
+        assert!(lists.take(&msg(&[
+            ("Event", "QueueStatusComplete"),
+            ("ActionID", &qs),
+            ("EventList", "Complete"),
+            ("ListItems", "1")
+        ])));
+        assert!(lists.is_done());
+        let SourceEvent::Resync { items } = lists.finish(false) else {
+            panic!("not a resync")
+        };
+        let names: Vec<_> = items.iter().filter_map(|m| m.get_str("Event")).collect();
+        assert_eq!(
+            names,
+            [
+                "CoreShowChannel",
+                "CoreShowChannelsComplete",
+                "QueueEntry",
+                "QueueStatusComplete"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_list_is_done_and_missing_from_the_items() {
+        let ids = ActionIds::new();
+        let (mut lists, actions) = ResyncLists::start(&ids, Duration::from_secs(5), 10);
+        let ch = actions[0].action_id().unwrap().to_string();
+        let qs = actions[1].action_id().unwrap().to_string();
+        assert!(lists.take(&msg(&[
+            ("Response", "Error"),
+            ("ActionID", &ch),
+            ("Message", "Permission denied")
+        ])));
+        assert!(lists.take(&msg(&[
+            ("Response", "Success"),
+            ("ActionID", &qs),
+            ("EventList", "start")
+        ])));
+        assert!(lists.take(&msg(&[
+            ("Event", "QueueStatusComplete"),
+            ("ActionID", &qs),
+            ("EventList", "Complete")
+        ])));
+        assert!(lists.is_done());
+        let SourceEvent::Resync { items } = lists.finish(false) else {
+            panic!("not a resync")
+        };
+        assert_eq!(items.len(), 1);
+    }
+
+    #[test]
+    fn resync_items_past_the_limit_are_dropped_but_complete_is_kept() {
+        let ids = ActionIds::new();
+        let (mut lists, actions) = ResyncLists::start(&ids, Duration::from_secs(5), 2);
+        let ch = actions[0].action_id().unwrap().to_string();
+        for _ in 0..5 {
+            lists.take(&msg(&[("Event", "CoreShowChannel"), ("ActionID", &ch)]));
+        }
+        lists.take(&msg(&[
+            ("Event", "CoreShowChannelsComplete"),
+            ("ActionID", &ch),
+        ]));
+        assert_eq!(lists.dropped, 3);
+        let SourceEvent::Resync { items } = lists.finish(true) else {
+            panic!("not a resync")
+        };
+        assert_eq!(items.len(), 3);
     }
 
     #[test]

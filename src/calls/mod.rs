@@ -3,5 +3,5 @@
 pub mod model;
 pub mod tracker;
 
-pub use model::{Call, Direction, LinkedId, Micros, Status};
-pub use tracker::{skimmable, tracker_codec, LiveState, Moment, Output, Tracker};
+pub use model::{Call, Direction, Gap, LinkedId, Micros, Status, Transfer, TransferKind};
+pub use tracker::{skimmable, tracker_codec, LiveState, LiveStateError, Moment, Output, Tracker};

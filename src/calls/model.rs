@@ -155,12 +155,29 @@ pub enum HangupBy {
     Transfer,
 }
 
+/// How a call was transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferKind {
+    Blind,
+    Attended,
+}
+
 /// One transfer of the call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transfer {
-    pub kind: &'static str,
+    pub kind: TransferKind,
     pub target: Option<String>,
     pub at: Micros,
+}
+
+/// A stretch of PBX time in which the bridge heard nothing from the PBX (an AMI session that
+/// dropped, a restart of the bridge): whatever happened in it is known only from the resync
+/// that followed, so a time that fell in it is known to within `to - from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub from: Micros,
+    pub to: Micros,
 }
 
 /// A channel the call was built from.
@@ -227,7 +244,17 @@ pub struct Call {
     pub hangup_by: Option<HangupBy>,
     pub transfers: Vec<Transfer>,
     pub tags: std::collections::BTreeMap<String, String>,
-    /// The call did not end normally: events were lost (reconnect, PBX restart, cut capture).
+    /// The call did not end normally: events were lost (reconnect, PBX restart, cut capture)
+    /// and some field could not be established; `unknown` names which.
     pub incomplete: bool,
+    /// The fields that could not be established (`"ended_at"`, `"answered_at"`, `"agent"`,
+    /// `"started_at"`…); empty for a call seen whole. The times of a stream that carries no
+    /// clock at all (no `Timestamp`, no CEL `EventTime`) are named here too.
+    pub unknown: Vec<&'static str>,
+    /// The stretches of the call during which the bridge heard nothing from the PBX.
+    pub gaps: Vec<Gap>,
+    /// The caller id first seen on the call's first channel, when the PBX presented another
+    /// one afterwards (the dialplan rewrote or masked it); `caller` is the presented one.
+    pub original_caller: Option<String>,
     pub channels: Vec<Leg>,
 }

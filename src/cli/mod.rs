@@ -422,6 +422,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut cfg = ClientConfig::new(host, port, username, Secret::new(secret));
             if emit != Emit::Events {
                 cfg.skim = Some(calls::skimmable);
+                // Calls are rebuilt across logins from the PBX's own channel and queue lists.
+                cfg.resync = true;
             }
             cfg.auth = match auth {
                 AuthArg::Plain => AuthMethod::Plain,

@@ -35,6 +35,11 @@ pub(crate) fn replay(file: &Path, config: Option<&Path>, emit: Emit) -> anyhow::
     for event in replay {
         match (event?, emit) {
             (SourceEvent::Message(m), Emit::Events) => writeln!(out, "{}", m.to_json())?,
+            (SourceEvent::Resync { items }, Emit::Events) => {
+                for m in &items {
+                    writeln!(out, "{}", m.to_json())?;
+                }
+            }
             (_, Emit::Events) => {}
             (ev, _) => tracker.feed(&ev, Micros(0), &mut outputs),
         }
@@ -83,6 +88,8 @@ pub(crate) async fn watch(
         _ => None,
     };
     let mut outputs = Vec::new();
+    // PBX time for what has no Timestamp: wall time plus the offset the stream shows.
+    let mut clock = ami_zoho_bridge::daemon::StreamClock::default();
     loop {
         let next = match idle_exit {
             Some(idle) => match tokio::time::timeout(idle, events.recv()).await {
@@ -101,12 +108,15 @@ pub(crate) async fn watch(
                 out.flush()?;
             }
             Some(ev) => {
-                if !matches!(ev, SourceEvent::Message(_)) {
-                    tracing::info!(?ev, "AMI session");
+                match &ev {
+                    SourceEvent::Message(m) => clock.observe(m),
+                    SourceEvent::Resync { items } => {
+                        tracing::info!(items = items.len(), "AMI resync lists")
+                    }
+                    other => tracing::info!(?other, "AMI session"),
                 }
                 if emit != Emit::Events {
-                    let now = Micros(jiff::Timestamp::now().as_microsecond());
-                    tracker.feed(&ev, now, &mut outputs);
+                    tracker.feed(&ev, clock.now(), &mut outputs);
                     write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
                     out.flush()?;
                 }

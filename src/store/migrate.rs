@@ -8,10 +8,11 @@ use sqlx::Executor;
 use super::{Backend, Store, StoreError};
 
 /// `(version, statements)`; `{id}` is the auto-increment primary key, `{int}` a 64-bit integer.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE interactions (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE interactions (
             id {id},
             pbx TEXT NOT NULL,
             linkedid TEXT NOT NULL,
@@ -41,11 +42,11 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             created_at {int} NOT NULL,
             UNIQUE (pbx, linkedid)
         )",
-        "CREATE INDEX interactions_remote ON interactions (remote_e164, ended_at)",
-        "CREATE INDEX interactions_user ON interactions (user_email, ended_at)",
-        "CREATE INDEX interactions_agent_email ON interactions (agent_email, ended_at)",
-        "CREATE INDEX interactions_ended ON interactions (ended_at)",
-        "CREATE TABLE outbox (
+            "CREATE INDEX interactions_remote ON interactions (remote_e164, ended_at)",
+            "CREATE INDEX interactions_user ON interactions (user_email, ended_at)",
+            "CREATE INDEX interactions_agent_email ON interactions (agent_email, ended_at)",
+            "CREATE INDEX interactions_ended ON interactions (ended_at)",
+            "CREATE TABLE outbox (
             id {id},
             unique_key TEXT NOT NULL UNIQUE,
             pbx TEXT NOT NULL,
@@ -71,10 +72,23 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             first_request_at {int},
             delivered_at {int}
         )",
-        "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
-        "CREATE INDEX outbox_call ON outbox (pbx, linkedid)",
-    ],
-)];
+            "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
+            "CREATE INDEX outbox_call ON outbox (pbx, linkedid)",
+        ],
+    ),
+    // What the call tracker knows of live calls, one row per PBX and bridge instance, so that a
+    // restarted bridge carries on with the calls that were up (see `store::live`).
+    (
+        2,
+        &["CREATE TABLE live_state (
+            pbx TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            saved_at {int} NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (pbx, instance)
+        )"],
+    ),
+];
 
 fn spell(sql: &str, backend: Backend) -> String {
     let (id, int) = match backend {

@@ -9,10 +9,12 @@
 //! once and delivered once.
 
 mod interactions;
+mod live;
 mod migrate;
 mod outbox;
 
 pub use interactions::{remote_number, Interaction, Search};
+pub use live::SavedLive;
 pub use outbox::{Delivered, Leased, NewActivity, OutboxRow, OutboxState, OutboxStats};
 
 use std::str::FromStr;

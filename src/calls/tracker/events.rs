@@ -1,0 +1,633 @@
+//! Event application: what each AMI event tells about its channel and call.
+//!
+//! Every handler finds (or creates) the channels the event names, records what the event
+//! proves about the call (caller, queue, agent, dial outcomes, transfers), and lets the
+//! grouping in [`super::group`] join calls that turn out to be one conversation.
+
+use super::*;
+
+/// A byte-string pattern match compiles to a switch on the length and a few byte compares,
+/// where a list of names would cost a comparison each.
+pub(super) fn relevant(event: &[u8]) -> bool {
+    matches!(
+        event,
+        b"Newchannel"
+            | b"Hangup"
+            | b"DialBegin"
+            | b"DialEnd"
+            | b"VarSet"
+            | b"QueueCallerJoin"
+            | b"QueueCallerAbandon"
+            | b"AgentCalled"
+            | b"AgentRingNoAnswer"
+            | b"AgentConnect"
+            | b"AgentComplete"
+            | b"HangupRequest"
+            | b"LocalBridge"
+            | b"BridgeEnter"
+            | b"BridgeLeave"
+            | b"BridgeDestroy"
+            | b"BlindTransfer"
+            | b"AttendedTransfer"
+            | b"UserEvent"
+            | b"Shutdown"
+            | b"FullyBooted"
+            | b"NewCallerid"
+    )
+}
+
+/// Header names of a channel snapshot with a given prefix, spelled out once.
+pub(super) struct Snap {
+    uniqueid: &'static str,
+    channel: &'static str,
+    linkedid: &'static str,
+    context: &'static str,
+    exten: &'static str,
+    num: &'static str,
+    name: &'static str,
+}
+
+macro_rules! snap {
+    ($p:literal) => {
+        Snap {
+            uniqueid: concat!($p, "Uniqueid"),
+            channel: concat!($p, "Channel"),
+            linkedid: concat!($p, "Linkedid"),
+            context: concat!($p, "Context"),
+            exten: concat!($p, "Exten"),
+            num: concat!($p, "CallerIDNum"),
+            name: concat!($p, "CallerIDName"),
+        }
+    };
+}
+
+pub(super) const PLAIN: Snap = snap!("");
+pub(super) const DEST: Snap = snap!("Dest");
+pub(super) const TRANSFER_SNAPS: [Snap; 5] = [
+    snap!("Transferer"),
+    snap!("Transferee"),
+    snap!("OrigTransferer"),
+    snap!("SecondTransferer"),
+    snap!("TransferTarget"),
+];
+
+impl Tracker {
+    pub(super) fn apply(
+        &mut self,
+        event: &str,
+        m: &Message,
+        ts: Micros,
+        estimate: Micros,
+        out: &mut Vec<Output>,
+    ) {
+        match event {
+            "Newchannel" => {
+                self.channel(m, &PLAIN, ts);
+            }
+            "Hangup" => self.on_hangup(m, ts, out),
+            "DialBegin" => self.on_dial_begin(m, ts, out),
+            "DialEnd" => self.on_dial_end(m, ts, out),
+            "VarSet" => self.on_varset(m, ts),
+            "QueueCallerJoin" => {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
+                    let q = text(m, "Queue");
+                    self.call_mut(k).queue = q;
+                }
+            }
+            "QueueCallerAbandon" => {
+                self.channel(m, &PLAIN, ts);
+            }
+            "AgentCalled" => {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
+                    self.link_dest(k, m, ts);
+                    self.moment(k, Moment::Ring, out);
+                }
+            }
+            "AgentRingNoAnswer" => {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
+                    self.moment(k, Moment::Reject, out);
+                }
+            }
+            "AgentConnect" => self.on_agent_connect(m, ts, out),
+            "AgentComplete" => self.on_agent_complete(m, ts),
+            "HangupRequest" => {
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
+                    let origin = self.is_origin(k, m);
+                    let c = self.call_mut(k);
+                    if c.first_hangup_request_origin.is_none() {
+                        c.first_hangup_request_origin = Some(origin);
+                    }
+                }
+            }
+            "LocalBridge" => {
+                let a = text(m, "LocalOneUniqueid");
+                let b = text(m, "LocalTwoUniqueid");
+                if let (Some(a), Some(b)) = (a, b) {
+                    self.union_channels(&a, &b);
+                }
+            }
+            "BridgeEnter" => self.on_bridge_enter(m, ts),
+            "BridgeLeave" => {
+                self.channel(m, &PLAIN, ts);
+                if let (Some(b), Some(u)) = (lossy(m, "BridgeUniqueid"), lossy(m, "Uniqueid")) {
+                    if let Some(members) = self.bridges.get_mut(&*b) {
+                        members.retain(|x| *x != *u);
+                    }
+                }
+            }
+            "BridgeDestroy" => {
+                if let Some(b) = lossy(m, "BridgeUniqueid") {
+                    self.bridges.remove(&*b);
+                }
+            }
+            "BlindTransfer" | "AttendedTransfer" => self.on_transfer(event, m, ts),
+            "UserEvent" => self.on_user_event(m, ts),
+            "Shutdown" => self.end_everything(ts),
+            "FullyBooted" => self.on_fully_booted(m, estimate),
+            // An originated channel's caller id arrives here, after its Newchannel.
+            "NewCallerid" => {
+                self.channel(m, &PLAIN, ts);
+            }
+            _ => {}
+        }
+    }
+
+    /// Finds or creates the channel of an event's snapshot (prefix "" or "Dest" ...), records
+    /// what it tells about the call, and returns the call's key.
+    pub(super) fn channel(&mut self, m: &Message, snap: &Snap, ts: Micros) -> Option<CallKey> {
+        let uid = field(m, snap.uniqueid)?;
+        let key = match self.channels.get(uid) {
+            Some(c) => c.call,
+            None => self.new_channel(m, snap, uid, ts)?,
+        };
+        self.observe_snapshot(key, m, snap, uid, ts);
+        Some(key)
+    }
+
+    pub(super) fn new_channel(
+        &mut self,
+        m: &Message,
+        snap: &Snap,
+        uid: &str,
+        ts: Micros,
+    ) -> Option<CallKey> {
+        let name = text(m, snap.channel)?;
+        let linkedid = text(m, snap.linkedid).unwrap_or_else(|| uid.to_string());
+        let context = text(m, snap.context).unwrap_or_default();
+        let local = name.starts_with("Local/");
+        let key = match self.by_linkedid.get(&linkedid) {
+            Some(k) if self.calls.contains_key(k) => *k,
+            _ => {
+                let k = self.next_key;
+                self.next_key += 1;
+                self.calls.insert(
+                    k,
+                    CallState {
+                        linkedid: linkedid.clone(),
+                        started_at: ts,
+                        last_event: ts,
+                        first_context: context.clone(),
+                        first_name: name.clone(),
+                        ..CallState::default()
+                    },
+                );
+                self.by_linkedid.insert(linkedid, k);
+                self.peak_live = self.peak_live.max(self.calls.len());
+                k
+            }
+        };
+        {
+            let c = self.call_mut(key);
+            c.channels.push(uid.to_string());
+            c.live += 1;
+            c.all_ended_at = None;
+        }
+        self.channels.insert(
+            uid.to_string(),
+            Chan {
+                call: key,
+                name: name.clone(),
+                local,
+                hung_up: None,
+                cause: None,
+            },
+        );
+        if local {
+            if let Some(base) = local_base(&name) {
+                match self.local_names.get(base) {
+                    Some(other) if other != uid => {
+                        let other = other.clone();
+                        self.union_channels(uid, &other);
+                    }
+                    _ => {
+                        self.local_names.insert(base.to_string(), uid.to_string());
+                    }
+                }
+            }
+        }
+        self.channels.get(uid).map(|c| c.call)
+    }
+
+    /// Caller id, dialled number and route hints from a snapshot of the call's first channel
+    /// (or its Local partner, for the route).
+    pub(super) fn observe_snapshot(
+        &mut self,
+        key: CallKey,
+        m: &Message,
+        snap: &Snap,
+        uid: &str,
+        ts: Micros,
+    ) {
+        let Some(c) = self.calls.get_mut(&key) else {
+            return;
+        };
+        c.last_event = c.last_event.max(ts);
+        let is_first = c.channels.first().is_some_and(|f| f == uid);
+        if !is_first && !is_origin_partner(c, uid) {
+            return;
+        }
+        if c.route.is_none() {
+            if let Some(ctx) = field(m, snap.context) {
+                let cfg = &self.cfg;
+                c.route = cfg.routes.get(ctx).cloned().or_else(|| {
+                    cfg.route_context_prefixes
+                        .iter()
+                        .any(|p| !p.is_empty() && ctx.starts_with(p.as_str()))
+                        .then(|| ctx.to_string())
+                });
+            }
+        }
+        if !is_first {
+            return;
+        }
+        if c.caller.is_none() {
+            if let Some(n) = text(m, snap.num).filter(|n| known(n)) {
+                c.caller = Some(n);
+                c.caller_name = text(m, snap.name).filter(|n| known(n));
+            }
+        }
+        if c.callee.is_none() {
+            if let Some(e) =
+                field(m, snap.exten).filter(|e| !matches!(*e, "" | "s" | "h" | "i" | "t"))
+            {
+                c.callee = Some(e.to_string());
+            }
+        }
+    }
+
+    pub(super) fn on_hangup(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let Some(uid) = lossy(m, "Uniqueid") else {
+            return;
+        };
+        let uid = &*uid;
+        let cause = field(m, "Cause").and_then(|c| c.parse().ok());
+        let mut newly = false;
+        if let Some(ch) = self.channels.get_mut(uid) {
+            if ch.hung_up.is_none() {
+                ch.hung_up = Some(ts);
+                ch.cause = cause;
+                newly = true;
+            }
+            if ch.local {
+                if let Some(base) = local_base(&ch.name) {
+                    if self.local_names.get(base).map(String::as_str) == Some(uid) {
+                        self.local_names.remove(base);
+                    }
+                }
+            }
+        }
+        if !newly {
+            return;
+        }
+        let is_first = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.channels.first())
+            .map(String::as_str)
+            == Some(uid);
+        let c = self.call_mut(key);
+        c.live = c.live.saturating_sub(1);
+        if c.live == 0 {
+            c.all_ended_at = Some(ts);
+        }
+        let answered = c.connected_at.is_some() || c.origin_dial_answer.is_some();
+        if is_first && answered && !c.fired_hangup {
+            c.fired_hangup = true;
+            self.moment(key, Moment::Hangup, out);
+        }
+    }
+
+    pub(super) fn on_dial_begin(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let caller = self.channel(m, &PLAIN, ts);
+        let dest = self.channel(m, &DEST, ts);
+        let (Some(ck), Some(_)) = (caller, dest) else {
+            return;
+        };
+        let key = self.link_dest(ck, m, ts).unwrap_or(ck);
+        let dest_context = lossy(m, "DestContext").unwrap_or_default();
+        let dest_name = lossy(m, "DestChannel").unwrap_or_default();
+        let trunkish = self.is_trunk(&dest_context, &dest_name)
+            || self
+                .cfg
+                .outbound_contexts
+                .iter()
+                .any(|c| *c == *dest_context);
+        let origin = self.is_origin(key, m);
+        let c = self.call_mut(key);
+        if trunkish {
+            c.trunk_leg = true;
+        }
+        if origin {
+            c.origin_dial_begin.get_or_insert(ts);
+            // Queue calls ring on AgentCalled; the queue's own dials would ring twice.
+            if c.queue.is_none() {
+                self.moment(key, Moment::Ring, out);
+            }
+        }
+    }
+
+    pub(super) fn on_dial_end(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let caller = self.channel(m, &PLAIN, ts);
+        let dest = self.channel(m, &DEST, ts);
+        let status = field(m, "DialStatus").unwrap_or_default().to_string();
+        let Some(key) = caller else {
+            // An Originate's dial has no caller: it rings the call's first channel.
+            if let Some(k) = dest {
+                let first = self.calls.get(&k).and_then(|c| c.channels.first().cloned());
+                if first.as_deref() == field(m, "DestUniqueid") && !status.is_empty() {
+                    self.call_mut(k).originate_status = Some(status);
+                }
+            }
+            return;
+        };
+        let key = self.link_dest(key, m, ts).unwrap_or(key);
+        if status == "ANSWER" {
+            let c = self.call_mut(key);
+            if c.awaiting_transfer_answer {
+                c.awaiting_transfer_answer = false;
+                c.transfer_resumed_at = Some(ts);
+            }
+        }
+        if !self.is_origin(key, m) {
+            return;
+        }
+        let c = self.call_mut(key);
+        if !status.is_empty() {
+            c.origin_dial_end = Some(status.clone());
+        }
+        if status == "ANSWER" && c.origin_dial_answer.is_none() {
+            c.origin_dial_answer = Some(ts);
+            if c.queue.is_none() {
+                self.moment(key, Moment::Answer, out);
+            }
+        }
+    }
+
+    pub(super) fn on_varset(&mut self, m: &Message, ts: Micros) {
+        let Some(var) = field(m, "Variable") else {
+            return;
+        };
+        let var = var.trim_start_matches('_');
+        let is_route = var.eq_ignore_ascii_case(self.cfg.route_variable.trim_start_matches('_'));
+        let is_email = !self.cfg.agent_email_variable.is_empty()
+            && var.eq_ignore_ascii_case(self.cfg.agent_email_variable.trim_start_matches('_'));
+        let is_queue_status = var == "QUEUESTATUS";
+        let is_dial_status = var == "DIALSTATUS";
+        let is_answered_time = var == "ANSWEREDTIME_MS";
+        // VarSet is the most frequent event: decide from the name before any other work.
+        if !(is_route || is_email || is_queue_status || is_dial_status || is_answered_time) {
+            return;
+        }
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let Some(value) = text(m, "Value").filter(|v| !v.is_empty()) else {
+            return;
+        };
+        let origin = self.is_origin(key, m);
+        let c = self.call_mut(key);
+        if is_answered_time {
+            // Dial (and Queue) set it when they return: how long the answered party talked.
+            // It dates an answer that the resync could only place inside a gap.
+            if let (true, Ok(ms)) = (c.answer_estimated, value.trim().parse::<i64>()) {
+                let at = Micros(ts.0 - ms * 1000).max(c.started_at);
+                if c.origin_dial_answer.is_some() {
+                    c.origin_dial_answer = Some(at);
+                } else if c.connected_at.is_some() {
+                    c.connected_at = Some(at);
+                }
+                c.answer_estimated = false;
+                c.unknown.retain(|u| *u != Unknown::AnsweredAt);
+            }
+            return;
+        }
+        if is_route {
+            c.route = Some(value);
+        } else if is_email {
+            c.agent_email = Some(value);
+        } else if is_queue_status {
+            c.queue_status = Some(value);
+        } else if origin {
+            c.origin_dial_status = Some(value);
+        }
+    }
+
+    pub(super) fn on_agent_connect(&mut self, m: &Message, ts: Micros, out: &mut Vec<Output>) {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let key = self.link_dest(key, m, ts).unwrap_or(key);
+        let member = text(m, "MemberName");
+        let interface = text(m, "Interface");
+        if let (Some(q), Some(i)) = (text(m, "Queue"), interface.clone()) {
+            self.queue_members.insert((q, i), key);
+        }
+        let c = self.call_mut(key);
+        if c.connected_at.is_some() {
+            return;
+        }
+        c.connected_at = Some(ts);
+        c.agent = member;
+        c.agent_interface = interface;
+        c.hold_seconds = number(m, "HoldTime");
+        c.ring_seconds = number(m, "RingTime");
+        if let Some(q) = text(m, "Queue") {
+            c.queue = Some(q);
+        }
+        self.moment(key, Moment::Answer, out);
+    }
+
+    pub(super) fn on_agent_complete(&mut self, m: &Message, ts: Micros) {
+        let key = match self.channel(m, &PLAIN, ts) {
+            Some(k) => Some(k),
+            None => match (text(m, "Queue"), text(m, "Interface")) {
+                (Some(q), Some(i)) => self.queue_members.get(&(q, i)).copied(),
+                _ => None,
+            },
+        };
+        let Some(key) = key else { return };
+        if !self.calls.contains_key(&key) {
+            return;
+        }
+        let c = self.call_mut(key);
+        if c.agent_talk.is_none() {
+            c.agent_talk = number(m, "TalkTime");
+            c.agent_reason = text(m, "Reason");
+            // An answer the resync placed inside a gap: the member's talk time dates it.
+            if let (true, Some(talk)) = (c.answer_estimated, c.agent_talk) {
+                let at = Micros(ts.0 - i64::from(talk) * 1_000_000);
+                c.connected_at = Some(at.max(c.started_at));
+                c.answer_estimated = false;
+                c.unknown.retain(|u| *u != Unknown::AnsweredAt);
+                if c.hold_seconds.is_none() {
+                    c.hold_seconds = number(m, "HoldTime");
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_bridge_enter(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let (Some(bridge), Some(uid)) = (lossy(m, "BridgeUniqueid"), text(m, "Uniqueid")) else {
+            return;
+        };
+        if let Some(swap) = lossy(m, "SwapUniqueid") {
+            self.union_channels(&uid, &swap);
+        }
+        // Taken out while the channels are joined (joining never touches bridges).
+        let (bridge, mut members) = self
+            .bridges
+            .remove_entry(&*bridge)
+            .unwrap_or_else(|| (bridge.into_owned(), Vec::new()));
+        for other in &members {
+            self.union_channels(&uid, other);
+        }
+        members.push(uid);
+        self.bridges.insert(bridge, members);
+        let _ = key;
+    }
+
+    pub(super) fn on_transfer(&mut self, event: &str, m: &Message, ts: Micros) {
+        let mut keys = Vec::new();
+        for snap in &TRANSFER_SNAPS {
+            if let Some(k) = self.channel(m, snap, ts) {
+                keys.push(k);
+            }
+        }
+        let Some(&first) = keys.first() else { return };
+        let Some(anchor) = self
+            .calls
+            .get(&first)
+            .and_then(|c| c.channels.first().cloned())
+        else {
+            return;
+        };
+        for snap in &TRANSFER_SNAPS {
+            if let Some(uid) = lossy(m, snap.uniqueid) {
+                self.union_channels(&anchor, &uid);
+            }
+        }
+        let Some(key) = self.channels.get(&anchor).map(|c| c.call) else {
+            return;
+        };
+        let target = [
+            "Extension",
+            "TransferTargetExten",
+            "TransferTargetCallerIDNum",
+            "SecondTransfererConnectedLineNum",
+        ]
+        .into_iter()
+        .find_map(|h| text(m, h).filter(|v| known(v)));
+        let kind = if event == "BlindTransfer" {
+            TransferKind::Blind
+        } else {
+            TransferKind::Attended
+        };
+        let c = self.call_mut(key);
+        if kind == TransferKind::Blind {
+            c.awaiting_transfer_answer = true;
+        } else {
+            c.transfer_resumed_at = Some(ts);
+        }
+        self.call_mut(key).transfers.push(Transfer {
+            kind,
+            target,
+            at: ts,
+        });
+    }
+
+    pub(super) fn on_user_event(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let name = text(m, "UserEvent").unwrap_or_default();
+        if name.eq_ignore_ascii_case("OutboundRoute") {
+            if let Some(r) = text(m, "Route") {
+                self.call_mut(key).route = Some(r);
+            }
+        }
+    }
+
+    pub(super) fn on_fully_booted(&mut self, m: &Message, estimate: Micros) {
+        // A PBX that booted after a call started cannot still carry it.
+        let Some(uptime) = number(m, "Uptime") else {
+            return;
+        };
+        // Live, the estimate is the PBX's time now (the tracker's clock may still be the last
+        // session's); replayed, the last stream time is the best there is.
+        let now = if estimate > self.now {
+            estimate
+        } else {
+            self.now
+        };
+        let boot = Micros(now.0 - i64::from(uptime) * 1_000_000);
+        let stale: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.live > 0 && c.started_at < boot)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.end_call(k, self.now);
+        }
+    }
+
+    /// The PBX is shutting down: it hangs every channel up first, so calls that ended in the
+    /// last grace period ended because of the shutdown, not normally.
+    pub(super) fn end_everything(&mut self, ts: Micros) {
+        let grace = self.grace();
+        let keys: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.live > 0 || c.all_ended_at.is_some_and(|e| ts.0 - e.0 <= grace))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            let live = self.calls.get(&k).is_some_and(|c| c.live > 0);
+            if live {
+                self.end_call(k, ts);
+            } else {
+                self.call_mut(k).incomplete = true;
+            }
+        }
+    }
+
+    /// Ends a call whose channels will never report (PBX gone): incomplete, ended now.
+    pub(super) fn end_call(&mut self, key: CallKey, ts: Micros) {
+        let c = self.call_mut(key);
+        c.incomplete = true;
+        c.live = 0;
+        c.all_ended_at = Some(ts);
+        let uids = c.channels.clone();
+        for u in uids {
+            if let Some(ch) = self.channels.get_mut(&u) {
+                ch.hung_up.get_or_insert(ts);
+            }
+        }
+    }
+}

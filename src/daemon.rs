@@ -183,7 +183,8 @@ pub async fn ingest_pbx(
     client_cfg.auth = pbx.auth;
     // The session feeds the call tracker only: the events it reads nothing of are skimmed.
     client_cfg.skim = Some(crate::calls::skimmable);
-    client_cfg.ping_interval = Duration::from_secs_f64(pbx.ping_seconds);
+    client_cfg.ping_interval =
+        crate::ops::seconds(pbx.ping_seconds, Duration::from_secs(20)).max(Duration::from_millis(100));
     let name = pbx.name.clone();
     let ami_error = |e: crate::ami::AmiError| DaemonError::Ami {
         pbx: name.clone(),

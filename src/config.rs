@@ -173,10 +173,9 @@ pub struct HttpConfig {
     /// Connections served at once; more are accepted and closed at once (counted), so idle
     /// sockets cannot use up the file descriptors the PBX sessions and FastAGI need.
     pub max_connections: usize,
-    /// A request's headers must arrive within this; an idle keep-alive connection is closed
-    /// after `idle_timeout_seconds`.
+    /// A request's headers must arrive within this. The same timer runs while a keep-alive
+    /// connection waits for its next request, so it is the idle timeout too.
     pub header_timeout_seconds: f64,
-    pub idle_timeout_seconds: f64,
     /// Mark the session cookie `Secure` (set it when a TLS proxy is in front).
     pub secure_cookie: bool,
     /// How long a sign-in lasts.
@@ -191,7 +190,6 @@ impl Default for HttpConfig {
             token_env: Some("AZB_HTTP_TOKEN".into()),
             max_connections: 1024,
             header_timeout_seconds: 10.0,
-            idle_timeout_seconds: 60.0,
             secure_cookie: false,
             session_hours: 12.0,
         }

@@ -309,8 +309,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(DaemonError::Config)?;
         let listener = listen("http.listen", &cfg.http.listen).await?;
         let stop = stop_http.clone();
+        let limits = crate::websec::ServeLimits::from_config(&cfg.http);
         Some(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(listener, router, stop).await {
+            if let Err(e) = crate::http::serve_with(listener, router, limits, stop).await {
                 tracing::error!(error = %e, "HTTP server");
             }
         }))

@@ -16,4 +16,5 @@ pub mod pipeline;
 pub mod secret;
 pub mod store;
 pub mod triggers;
+pub mod websec;
 pub mod zoho;

@@ -218,7 +218,7 @@ impl Default for AgiConfig {
         AgiConfig {
             listen: "127.0.0.1:4573".into(),
             account: None,
-            allow: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_per_peer: 16,
             header_timeout_seconds: 2.0,
         }

@@ -329,13 +329,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let handler = Arc::new(crate::agi::Handler {
             zoho,
             tags: tags.clone(),
-            limits: crate::agi::Limits::default(),
+            limits: crate::agi::Limits {
+                header: crate::ops::seconds(cfg.agi.header_timeout_seconds, Duration::from_secs(2))
+                    .max(Duration::from_millis(100)),
+                ..crate::agi::Limits::default()
+            },
         });
+        let access = crate::agi::Access::from_config(&cfg.agi).map_err(DaemonError::Config)?;
         let listener = listen("agi.listen", &cfg.agi.listen).await?;
-        tracing::info!(listen = %cfg.agi.listen, "FastAGI: zoho-lookup, tag");
-        Some(tokio::spawn(crate::agi::serve(
+        tracing::info!(listen = %cfg.agi.listen, allow = ?cfg.agi.allow, "FastAGI: zoho-lookup, tag");
+        Some(tokio::spawn(crate::agi::serve_with(
             listener,
             handler,
+            access,
             stop_http.clone(),
         )))
     };

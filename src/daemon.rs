@@ -29,6 +29,10 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("PBX '{pbx}': {message}")]
     Ami { pbx: String, message: String },
+    /// A task that cannot be restarted in place panicked: `run` ends with an error (non-zero
+    /// exit) so that the service manager restarts the whole bridge.
+    #[error("task {task} panicked: {message}")]
+    Panicked { task: String, message: String },
 }
 
 /// The stages every source feeds: tracker output → store → delivery.
@@ -79,47 +83,10 @@ impl Bridge {
     /// live moment only the records (if any trigger fired). A store that refuses is retried
     /// with backoff until `stop`, so nothing is dropped while the bridge runs.
     async fn persist(&self, pbx: &str, call: &Call, on: On, stop: &CancellationToken) {
-        let finished = on == On::End;
-        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
-            Vec::new()
-        });
-        if !finished && activities.is_empty() {
-            return;
-        }
-        let e164 = if finished {
-            self.pipeline.remote_e164(call)
-        } else {
-            None
-        };
-        let at = now_micros();
         let mut wait = Duration::from_millis(200);
         loop {
-            let stored = if finished {
-                self.store
-                    .record_call(pbx, call, e164.as_deref(), &activities, at)
-                    .await
-            } else {
-                self.store
-                    .record_moment(pbx, &call.linkedid.0, &activities, at)
-                    .await
-            };
-            match stored {
-                Ok(added) => {
-                    if finished {
-                        metrics::counter!("azb_calls_finished_total", "pbx" => pbx.to_string(), "status" => call.status.as_str()).increment(1);
-                        tracing::info!(
-                            status = call.status.as_str(),
-                            direction = call.direction.as_str(),
-                            records = added,
-                            "call finished"
-                        );
-                    }
-                    if added > 0 {
-                        self.delivery.wake();
-                    }
-                    return;
-                }
+            match self.store_once(pbx, call, on).await {
+                Ok(()) => return,
                 Err(e) if !stop.is_cancelled() => {
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "storing a call's records");
                     tokio::time::sleep(wait).await;
@@ -133,6 +100,63 @@ impl Bridge {
             }
         }
     }
+
+    /// One attempt at storing a tracker output, in its call's span; Ok once committed.
+    pub async fn try_store(&self, pbx: &str, output: &Output) -> Result<(), String> {
+        let (call, on, span) = match output {
+            Output::Finished(call) => (
+                call,
+                On::End,
+                tracing::info_span!("call", linkedid = %call.linkedid, pbx),
+            ),
+            Output::Moment(m, call) => (
+                call,
+                On::of(*m),
+                tracing::info_span!("moment", linkedid = %call.linkedid, pbx),
+            ),
+        };
+        self.store_once(pbx, call, on)
+            .instrument(span)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// One transaction for what `on` makes of `call`; "call finished" is logged only after
+    /// it committed.
+    async fn store_once(&self, pbx: &str, call: &Call, on: On) -> Result<(), StoreError> {
+        let finished = on == On::End;
+        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
+            Vec::new()
+        });
+        if !finished && activities.is_empty() {
+            return Ok(());
+        }
+        let at = now_micros();
+        let added = if finished {
+            let e164 = self.pipeline.remote_e164(call);
+            self.store
+                .record_call(pbx, call, e164.as_deref(), &activities, at)
+                .await?
+        } else {
+            self.store
+                .record_moment(pbx, &call.linkedid.0, &activities, at)
+                .await?
+        };
+        if finished {
+            metrics::counter!("azb_calls_finished_total", "pbx" => pbx.to_string(), "status" => call.status.as_str()).increment(1);
+            tracing::info!(
+                status = call.status.as_str(),
+                direction = call.direction.as_str(),
+                records = added,
+                "call finished"
+            );
+        }
+        if added > 0 {
+            self.delivery.wake();
+        }
+        Ok(())
+    }
 }
 
 /// Binds a configured listener; failing to is a configuration error naming the key.
@@ -140,6 +164,40 @@ async fn listen(key: &str, addr: &str) -> Result<tokio::net::TcpListener, Daemon
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| DaemonError::Config(format!("key {key}: cannot listen on {addr}: {e}")))
+}
+
+/// At shutdown, how long the store may take to write the calls still waiting; the unit's
+/// `TimeoutStopSec` (90 s) covers this, the 30 s delivery drain and the HTTP drain.
+const STORE_DRAIN: Duration = Duration::from_secs(20);
+
+/// Watches the tracker's live-call count against `limits.max_live_calls`: a gauge always, a
+/// counter and one warning each time the cap is crossed. (Evicting calls is the tracker's
+/// business: see `max_call_age_seconds`.)
+struct LiveCap {
+    pbx: String,
+    max: usize,
+    over: bool,
+}
+
+impl LiveCap {
+    fn new(pbx: &str, max: usize) -> LiveCap {
+        LiveCap {
+            pbx: pbx.to_string(),
+            max,
+            over: false,
+        }
+    }
+
+    fn check(&mut self, live: usize) {
+        metrics::gauge!("azb_live_calls", "pbx" => self.pbx.clone()).set(live as f64);
+        let over = live > self.max;
+        if over && !self.over {
+            metrics::counter!("azb_live_calls_over_cap_total", "pbx" => self.pbx.clone())
+                .increment(1);
+            tracing::warn!(pbx = %self.pbx, live_calls = live, cap = self.max, "more live calls than limits.max_live_calls");
+        }
+        self.over = over;
+    }
 }
 
 /// How long a FastAGI tag waits for its channel to appear on AMI.
@@ -183,6 +241,8 @@ pub async fn ingest_pbx(
     client_cfg.auth = pbx.auth;
     // The session feeds the call tracker only: the events it reads nothing of are skimmed.
     client_cfg.skim = Some(crate::calls::skimmable);
+    client_cfg.queue_events = cfg.limits.ami_queue_events;
+    client_cfg.queue_wait = Duration::from_millis(cfg.limits.ami_queue_wait_ms.min(10_000));
     client_cfg.ping_interval =
         crate::ops::seconds(pbx.ping_seconds, Duration::from_secs(20)).max(Duration::from_millis(100));
     let name = pbx.name.clone();
@@ -207,10 +267,21 @@ pub async fn ingest_pbx(
         }
     };
     tracing::info!(pbx = %pbx.name, host = %pbx.host, port = pbx.port, "AMI connected");
+    crate::supervise::test_panic("pbx");
     health.set_pbx(&pbx.name, true);
     let events_total = metrics::counter!("azb_ami_events_total", "pbx" => pbx.name.clone());
     let reconnects = metrics::counter!("azb_ami_reconnects_total", "pbx" => pbx.name.clone());
     let mut tracker = tracker_for(&cfg);
+    // Finished calls wait here while the store cannot write, so reading goes on.
+    let give_up = CancellationToken::new();
+    let (queue, writer) = crate::persist::PersistQueue::start(
+        bridge.clone(),
+        pbx.name.clone(),
+        cfg.limits.store_queue_calls,
+        health.clone(),
+        give_up.clone(),
+    );
+    let mut live_cap = LiveCap::new(&pbx.name, cfg.limits.max_live_calls);
     let mut outputs = Vec::new();
     let mut clock = StreamClock {
         event_at: Micros(now_micros()),
@@ -254,23 +325,35 @@ pub async fn ingest_pbx(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => tags_open = false,
             },
-            _ = tick.tick() => tracker.tick(clock.now(), &mut outputs),
+            _ = tick.tick() => {
+                tracker.tick(clock.now(), &mut outputs);
+                live_cap.check(tracker.live_calls());
+            }
         }
         // A tag can come before the channel's first event: it waits a few seconds for it.
         pending_tags.retain(|(at, t)| {
             !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
         });
         if !outputs.is_empty() {
-            bridge.handle(&pbx.name, &mut outputs, &stop).await;
+            tokio::select! {
+                _ = queue.push(&mut outputs) => {}
+                _ = stop.cancelled() => {}
+            }
         }
     }
+    // From here the store gets STORE_DRAIN to take what waits; then the rest is logged.
+    let deadline = give_up.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(STORE_DRAIN).await;
+        deadline.cancel();
+    });
     // Calls whose channels have all hung up are finished, grace period or not.
     let grace = (cfg.calls.grace_seconds * 1e6) as i64 + 1;
     tracker.tick(Micros(clock.now().0 + grace), &mut outputs);
     let live = tracker.live_calls();
-    bridge
-        .handle(&pbx.name, &mut outputs, &CancellationToken::new())
-        .await;
+    queue.push_or_log(&mut outputs, &give_up).await;
+    drop(queue);
+    let _ = writer.await;
     if live > 0 {
         tracing::warn!(pbx = %pbx.name, live_calls = live, "stopping with calls still up: they are not recorded");
     }
@@ -295,7 +378,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let stop_ingest = CancellationToken::new();
     let stop_workers = CancellationToken::new();
-    let workers = bridge.delivery.spawn(stop_workers.clone());
+    let workers = bridge
+        .delivery
+        .spawn_supervised(stop_workers.clone(), health.clone());
     let stop_http = CancellationToken::new();
     let http = if cfg.http.listen.is_empty() {
         None
@@ -362,15 +447,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down: no more AMI reading; storing ended calls"),
         Some(done) = sources.join_next() => {
-            if let Ok(Err(e)) = done {
-                failure = Some(e);
+            failure = source_failure(done, &health);
+            if failure.is_none() {
+                tracing::error!("a PBX session ended by itself; stopping");
             }
         }
     }
     stop_ingest.cancel();
     while let Some(done) = sources.join_next().await {
-        if let Ok(Err(e)) = done {
+        if let Some(e) = source_failure(done, &health) {
             tracing::error!(error = %e, "PBX session ended");
+            failure.get_or_insert(e);
         }
     }
     stop_workers.cancel();
@@ -390,6 +477,28 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// What a finished PBX task means for `run`'s exit: its error, or its panic turned into one
+/// (counted and logged; see [`crate::supervise`]).
+fn source_failure(
+    done: Result<Result<(), DaemonError>, tokio::task::JoinError>,
+    health: &crate::ops::Health,
+) -> Option<DaemonError> {
+    match done {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => {
+            let message = crate::supervise::panic_text(e);
+            health.task_panicked("pbx");
+            health.set_task_down("pbx", Some(format!("panicked: {message}")));
+            tracing::error!(panic = %message, "a PBX task panicked; the bridge stops with an error");
+            Some(DaemonError::Panicked {
+                task: "pbx".into(),
+                message,
+            })
+        }
     }
 }
 

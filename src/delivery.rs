@@ -115,33 +115,37 @@ impl Delivery {
     /// Starts the workers; they stop leasing when `stop` is cancelled and end after the
     /// deliveries in flight.
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        self.spawn_supervised(stop, Arc::new(crate::ops::Health::default()))
+    }
+
+    /// [`Delivery::spawn`], with panics counted and shown in `health`. A bug that panics a
+    /// worker must not stop delivery silently: its leases run out, and a fresh worker takes
+    /// its place (see [`crate::supervise`]).
+    pub fn spawn_supervised(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+        health: Arc<crate::ops::Health>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.cfg.workers)
             .map(|i| {
                 let me = self.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    // A bug that panics a worker must not stop delivery silently: its leases
-                    // run out, and a fresh worker takes its place.
-                    loop {
-                        let (w, st) = (me.clone(), stop.clone());
-                        match tokio::spawn(async move { w.work(i, st).await }).await {
-                            Err(e) if e.is_panic() && !stop.is_cancelled() => {
-                                tracing::error!(
-                                    worker = i,
-                                    "delivery worker panicked; starting a new one"
-                                );
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                            _ => return,
-                        }
-                    }
-                })
+                let st = stop.clone();
+                tokio::spawn(crate::supervise::restart_on_panic(
+                    format!("delivery#{i}"),
+                    health.clone(),
+                    stop.clone(),
+                    move || {
+                        let (w, st) = (me.clone(), st.clone());
+                        async move { w.work(i, st).await }
+                    },
+                ))
             })
             .collect()
     }
 
     async fn work(&self, index: usize, stop: CancellationToken) {
         let owner = format!("{}#{index}", self.instance);
+        crate::supervise::test_panic("delivery");
         let lease = (self.cfg.lease_seconds * 1e6) as i64;
         let poll = crate::ops::seconds(self.cfg.poll_seconds, Duration::from_secs(5));
         while !stop.is_cancelled() {

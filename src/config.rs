@@ -188,7 +188,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8089".into(),
             token: None,
             token_env: Some("AZB_HTTP_TOKEN".into()),
-            max_connections: 1024,
+            max_connections: 4096,
             header_timeout_seconds: 10.0,
             secure_cookie: false,
             session_hours: 12.0,

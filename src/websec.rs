@@ -249,7 +249,7 @@ pub struct ServeLimits {
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
-            max_connections: 1024,
+            max_connections: 4096,
             header_timeout: Duration::from_secs(10),
         }
     }

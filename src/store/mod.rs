@@ -54,6 +54,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// libpq credential parameters the sqlx driver does not understand (it would log their
+/// values as it ignores them): refused with a clear error instead.
+const UNSUPPORTED_PG_PARAMS: &[&str] = &["sslpassword", "passfile"];
+
 /// Query or key-value parameters whose value is a credential (or says where one is).
 const SECRET_PARAMS: &[&str] = &[
     "password",
@@ -182,6 +186,16 @@ impl Store {
             };
             (Backend::Sqlite, full)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // libpq knows these, sqlx does not: it would ignore them and log their values.
+            if let Some(query) = url.split_once('?').map(|q| q.1) {
+                for (k, _) in form_urlencoded::parse(query.as_bytes()) {
+                    if UNSUPPORTED_PG_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+                        return Err(fail(format!(
+                            "the '{k}' parameter is not supported by this PostgreSQL driver (put the password in the URL or in PGPASSWORD)"
+                        )));
+                    }
+                }
+            }
             (Backend::Postgres, url.to_string())
         } else {
             return Err(fail("use sqlite://PATH or postgres://USER@HOST/DB".into()));

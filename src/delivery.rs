@@ -58,7 +58,10 @@ pub fn zoho_clients(cfg: &Config) -> Result<HashMap<String, Arc<ZohoApi>>, ZohoE
     let mut apis = HashMap::new();
     for (name, acc) in &cfg.zoho.accounts {
         let http = reqwest::Client::builder()
-            .timeout(crate::ops::seconds(acc.timeout_seconds.max(1.0), Duration::from_secs(30)))
+            .timeout(crate::ops::seconds(
+                acc.timeout_seconds.max(1.0),
+                Duration::from_secs(30),
+            ))
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| ZohoError::Config(format!("HTTP client: {e}")))?;
@@ -388,7 +391,10 @@ impl Delivery {
         }
         let mut delay = self.backoff(row.attempts);
         if account_level(e) {
-            delay = crate::ops::seconds(self.cfg.backoff_max_seconds.min(60.0), Duration::from_secs(60));
+            delay = crate::ops::seconds(
+                self.cfg.backoff_max_seconds.min(60.0),
+                Duration::from_secs(60),
+            );
         }
         if let ZohoError::Throttled {
             retry_after_seconds: Some(s),

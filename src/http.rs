@@ -217,7 +217,13 @@ pub async fn serve(
     router: Router,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    serve_with(listener, router, crate::websec::ServeLimits::default(), stop).await
+    serve_with(
+        listener,
+        router,
+        crate::websec::ServeLimits::default(),
+        stop,
+    )
+    .await
 }
 
 /// Serves until `stop`, at most `limits.max_connections` at once, each request's headers

@@ -16,6 +16,9 @@ use serde_json::json;
 use crate::store::Store;
 use crate::zoho::api::ZohoApi;
 
+/// A store write in progress for longer than this makes the bridge not ready.
+pub const STORE_STALLED_AFTER_SECONDS: f64 = 3.0;
+
 /// Due rows older than this make the bridge not ready: deliveries are stuck.
 pub const STUCK_AFTER_SECONDS: f64 = 300.0;
 
@@ -28,6 +31,8 @@ pub struct Health {
     store_error: Mutex<Option<String>>,
     /// Finished calls waiting in memory for the store.
     store_queue: AtomicUsize,
+    /// When the write in progress began (None: no write in progress).
+    store_writing_since: Mutex<Option<std::time::Instant>>,
     /// Long-running task → panics so far; a task listed in `dead` is not running.
     panics: Mutex<BTreeMap<String, u64>>,
     dead: Mutex<BTreeMap<String, String>>,
@@ -53,6 +58,21 @@ impl Health {
 
     pub fn store_error(&self) -> Option<String> {
         self.store_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// A write began (`true`) or ended (`false`).
+    pub fn set_store_writing(&self, writing: bool) {
+        if let Ok(mut w) = self.store_writing_since.lock() {
+            *w = writing.then(|| w.unwrap_or_else(std::time::Instant::now));
+        }
+    }
+
+    /// How long the write in progress has taken, if one is.
+    pub fn store_writing_for(&self) -> Option<Duration> {
+        self.store_writing_since
+            .lock()
+            .ok()
+            .and_then(|w| w.map(|t| t.elapsed()))
     }
 
     pub fn set_store_queue(&self, calls: usize) {
@@ -179,7 +199,14 @@ impl Ops {
         let moving = outbox
             .as_ref()
             .is_ok_and(|s| s.oldest_due_seconds < STUCK_AFTER_SECONDS);
-        let store_error = self.health.store_error();
+        // A write that takes this long is a stuck store (locked, or a disk that hangs) even
+        // before it fails.
+        let store_error = self.health.store_error().or_else(|| {
+            self.health
+                .store_writing_for()
+                .filter(|d| d.as_secs_f64() > STORE_STALLED_AFTER_SECONDS)
+                .map(|d| format!("a write has been waiting for {} s", d.as_secs()))
+        });
         let down = self.health.tasks_down();
         let ready = !pbx.is_empty()
             && pbx.values().all(|up| *up)
@@ -240,12 +267,18 @@ mod tests {
     fn terminal_text_is_neutralised() {
         let hostile = "Bob\x1b]0;pwned\x07\x1b[2J\r\u{9b}31m\u{202e}evil\tok\nnext";
         let clean = sanitize_terminal(hostile);
-        assert!(!clean.chars().any(|c| c.is_control() && c != '\t'), "{clean:?}");
+        assert!(
+            !clean.chars().any(|c| c.is_control() && c != '\t'),
+            "{clean:?}"
+        );
         assert_eq!(
             clean,
             "Bob\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{d}\\u{9b}31m\\u{202e}evil\tok\\nnext"
         );
-        assert!(matches!(sanitize_terminal("Zoë Müller"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            sanitize_terminal("Zoë Müller"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -89,10 +89,12 @@ async fn write_all(
         let mut wait = Duration::from_millis(200);
         loop {
             let attempt = bridge.try_store(&pbx, &output);
+            health.set_store_writing(true);
             let result = tokio::select! {
                 r = attempt => r,
                 _ = give_up.cancelled() => Err("shutdown deadline reached".to_string()),
             };
+            health.set_store_writing(false);
             match result {
                 Ok(()) => {
                     health.set_store_error(None);

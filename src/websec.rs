@@ -259,8 +259,11 @@ impl ServeLimits {
     pub fn from_config(cfg: &crate::config::HttpConfig) -> ServeLimits {
         ServeLimits {
             max_connections: cfg.max_connections.max(1),
-            header_timeout: crate::ops::seconds(cfg.header_timeout_seconds, Duration::from_secs(10))
-                .max(Duration::from_millis(100)),
+            header_timeout: crate::ops::seconds(
+                cfg.header_timeout_seconds,
+                Duration::from_secs(10),
+            )
+            .max(Duration::from_millis(100)),
         }
     }
 }
@@ -336,10 +339,11 @@ pub async fn serve(
         let stop = stop.clone();
         conns.spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(Peer(peer));
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

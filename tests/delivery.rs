@@ -829,7 +829,10 @@ async fn search_by_contact_lead_and_user_from_cli_and_api() {
         .and_then(|v| v.split(';').next())
         .unwrap_or_default()
         .to_string();
-    assert!(cookie.starts_with("azb_session=") && !cookie.contains(HTTP_TOKEN), "{cookie}");
+    assert!(
+        cookie.starts_with("azb_session=") && !cookie.contains(HTTP_TOKEN),
+        "{cookie}"
+    );
     let page = http
         .get(format!("{base}/?lead_phone=061234%205678"))
         .header("Cookie", cookie)
@@ -848,7 +851,11 @@ async fn search_by_contact_lead_and_user_from_cli_and_api() {
         .json()
         .await
         .expect("readyz json");
-    assert_eq!(plain, serde_json::json!({ "ready": true }), "no names without the token");
+    assert_eq!(
+        plain,
+        serde_json::json!({ "ready": true }),
+        "no names without the token"
+    );
     let ready = http
         .get(format!("{base}/readyz"))
         .bearer_auth(HTTP_TOKEN)

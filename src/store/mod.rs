@@ -137,7 +137,11 @@ fn restrict_sqlite_files(path: &str) -> std::io::Result<()> {
             // A missing directory and the like: SQLite reports it with the path.
             Err(_) => return Ok(()),
         }
-        for file in [path.to_string(), format!("{path}-wal"), format!("{path}-shm")] {
+        for file in [
+            path.to_string(),
+            format!("{path}-wal"),
+            format!("{path}-shm"),
+        ] {
             match std::fs::metadata(&file) {
                 Ok(m) if m.permissions().mode() & 0o077 != 0 => {
                     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;

@@ -982,11 +982,7 @@ async fn store_credentials_never_printed_and_files_are_owner_only() {
         for args in [&["config", "check"][..], &["run", "--config"][..]] {
             let mut cmd = support::bridge();
             cmd.args(args);
-            if args[0] == "config" {
-                cmd.arg(&cfg);
-            } else {
-                cmd.arg(&cfg);
-            }
+            cmd.arg(&cfg);
             let out = tokio::task::spawn_blocking(move || {
                 cmd.env("ZOHO_CLIENT_SECRET", CLIENT_SECRET)
                     .env("RUST_LOG", "trace")

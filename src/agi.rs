@@ -545,3 +545,36 @@ pub async fn serve_with(
         });
     }
 }
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        let cfg = crate::config::AgiConfig {
+            allow: vec!["10.1.0.0/16".into(), "192.168.1.5".into(), "::1/128".into()],
+            ..Default::default()
+        };
+        let a = Access::from_config(&cfg).expect("valid");
+        for (ip, ok) in [
+            ("10.1.200.3", true),
+            ("10.2.0.1", false),
+            ("192.168.1.5", true),
+            ("192.168.1.6", false),
+            ("::1", true),
+            ("::ffff:10.1.0.1", true),
+            ("127.0.0.1", false),
+        ] {
+            assert_eq!(a.allows(ip.parse().unwrap()), ok, "{ip}");
+        }
+        let bad = crate::config::AgiConfig {
+            allow: vec!["10.0.0.0/8".into(), "nope".into()],
+            ..Default::default()
+        };
+        let e = Access::from_config(&bad).unwrap_err();
+        assert!(e.contains("agi.allow[1]"), "{e}");
+        assert!(Access::default().allows("127.0.0.9".parse().unwrap()));
+        assert!(!Access::default().allows("10.0.0.1".parse().unwrap()));
+    }
+}

@@ -570,6 +570,18 @@ async fn idle_sockets_and_slow_agi_clients_do_not_take_the_service_down() {
     let mut child = rig.spawn(&[]);
     rig.wait_http().await;
     let pid = child.id();
+    // A first lookup warms the account's token and phone index (as on a running bridge).
+    let warm = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let c = agi_lookup(rig.agi, "+39061234567").await;
+            if c.iter().any(|c| c == "SET VARIABLE ZOHO_LOOKUP \"found\"") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(warm.is_ok(), "the lookup never found the demo contact");
     // 2 000 idle HTTP connections.
     let mut idle = Vec::new();
     for _ in 0..2000 {
@@ -1002,4 +1014,96 @@ async fn store_credentials_never_printed_and_files_are_owner_only() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. FastAGI allow-list, on the real process.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agi_peers_outside_the_allow_list_are_closed() {
+    let rig = Rig::start(Opts {
+        extra: String::new(),
+        ..Opts::default()
+    })
+    .await;
+    // Only 127.0.0.1 may call; 127.0.0.7 is loopback too but not allowed.
+    let text = std::fs::read_to_string(rig.config())
+        .expect("config")
+        .replace(
+            &format!("[agi]\nlisten = \"127.0.0.1:{}\"", rig.agi),
+            &format!(
+                "[agi]\nlisten = \"127.0.0.1:{}\"\nallow = [\"127.0.0.1/32\"]",
+                rig.agi
+            ),
+        );
+    assert!(text.contains("allow = [\"127.0.0.1/32\"]"));
+    std::fs::write(rig.config(), text).expect("config");
+    let mut child = rig.spawn(&[]);
+    rig.wait_http().await;
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, 7), 0).into())
+        .expect("bind");
+    let mut s = sock
+        .connect((std::net::Ipv4Addr::LOCALHOST, rig.agi).into())
+        .await
+        .expect("connect");
+    let _ = s
+        .write_all(
+            b"agi_network: yes\nagi_network_script: zoho-lookup\nagi_callerid: +39061234567\n\n",
+        )
+        .await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once, not served: {read:?}"
+    );
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    let commands =
+        tokio::time::timeout(Duration::from_secs(10), agi_lookup(rig.agi, "+39061234567"))
+            .await
+            .expect("the lookup ends");
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("SET VARIABLE ZOHO_LOOKUP ")),
+        "{commands:?}"
+    );
+    assert!(rig.log().contains("outside agi.allow"));
+    assert!(terminate(&mut child, 60).success());
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. A login reply that never comes: the error gives the time really waited.
+
+#[tokio::test]
+async fn a_login_without_reply_reports_the_time_waited() {
+    use ami_zoho_bridge::ami::{AmiClient, AuthMethod, ClientConfig};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        if let Ok((mut sock, _)) = listener.accept().await {
+            let _ = sock.write_all(b"Asterisk Call Manager/11.0.0\r\n").await;
+            // Read the Login and never answer.
+            let mut buf = [0u8; 4096];
+            while sock.read(&mut buf).await.unwrap_or(0) > 0 {}
+        }
+    });
+    let mut cfg = ClientConfig::new(
+        "127.0.0.1",
+        port,
+        "bridge",
+        ami_zoho_bridge::secret::Secret::new("x"),
+    );
+    cfg.auth = AuthMethod::Plain;
+    cfg.connect_timeout = Duration::from_secs(2);
+    let err = tokio::time::timeout(Duration::from_secs(10), AmiClient::connect(cfg))
+        .await
+        .expect("bounded")
+        .err()
+        .expect("no login");
+    let text = err.to_string();
+    assert!(text.contains("within 2 s"), "{text}");
 }

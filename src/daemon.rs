@@ -390,6 +390,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let stop_ingest = CancellationToken::new();
     let stop_workers = CancellationToken::new();
+    // The recorder first: what the tasks count from their first moment (a panic at start
+    // included) must reach /metrics.
+    let metrics = crate::ops::install_metrics();
     let workers = bridge
         .delivery
         .spawn_supervised(stop_workers.clone(), health.clone());
@@ -399,7 +402,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         let ops = crate::ops::Ops {
             health: health.clone(),
-            metrics: crate::ops::install_metrics(),
+            metrics,
             apis: bridge.delivery.apis().clone(),
         };
         let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))

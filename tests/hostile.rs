@@ -920,6 +920,10 @@ async fn a_panicking_worker_is_restarted_and_counted() {
         .sum();
     assert_eq!(panics, 1, "{metrics}");
     assert!(rig.log().contains("task panicked; starting a new one"));
+    println!(
+        "'call finished' lines: {}",
+        rig.log().matches("call finished").count()
+    );
     // Restarted and healthy again: /readyz lists nothing down.
     let until = Instant::now() + Duration::from_secs(15);
     loop {

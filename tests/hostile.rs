@@ -823,14 +823,12 @@ async fn event_flood_with_a_locked_store_stays_bounded_and_loses_nothing() {
     let capture = capture_body(&support::read_capture(&support::root().join(CAPTURE)));
     let tiny = b"Event: PeerStatus\r\nPeer: SIP/1001\r\nPeerStatus: Reachable\r\n\r\n";
     let mut body = Vec::with_capacity(FLOOD * tiny.len() + capture.len());
-    // Half the flood before the capture, half in its middle (between two messages).
+    // The first half of the capture (calls finish and wait for the locked store), then the
+    // whole flood, then the rest of the capture.
     let starts = support::ami_server::message_starts(&capture);
     let middle = starts[starts.len() / 2];
-    for _ in 0..FLOOD / 2 {
-        body.extend_from_slice(tiny);
-    }
     body.extend_from_slice(&capture[..middle]);
-    for _ in 0..FLOOD / 2 {
+    for _ in 0..FLOOD {
         body.extend_from_slice(tiny);
     }
     body.extend_from_slice(&capture[middle..]);
@@ -857,22 +855,36 @@ async fn event_flood_with_a_locked_store_stays_bounded_and_loses_nothing() {
             .execute(&mut conn)
             .await
             .expect("lock");
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            sqlx::query("ROLLBACK")
-                .execute(&mut conn)
-                .await
-                .expect("unlock");
-        })
+        let (unlock_tx, unlock_rx) = tokio::sync::oneshot::channel::<()>();
+        (
+            unlock_tx,
+            tokio::spawn(async move {
+                let _ = unlock_rx.await;
+                sqlx::query("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .expect("unlock");
+            }),
+        )
     };
     let _ = go_tx.send(true);
-    let mut peak_ready_503 = false;
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        let (status, _) = rig.readyz().await;
-        peak_ready_503 |= status == 503;
+    // Locked for at least 10 s, and until /readyz has said 503 (calls are waiting).
+    let mut ready_503 = false;
+    let locked_at = Instant::now();
+    while locked_at.elapsed() < Duration::from_secs(10) || !ready_503 {
+        assert!(
+            locked_at.elapsed() < Duration::from_secs(60),
+            "/readyz never said 503 while the store was locked"
+        );
+        let (status, body) = rig.readyz().await;
+        if status == 503 && !body["store"]["error"].is_null() {
+            ready_503 = true;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let locked_for = locked_at.elapsed();
+    let (unlock, locker) = locker;
+    let _ = unlock.send(());
     locker.await.expect("unlock");
     rig.wait_all_delivered(180).await;
     let peak = status_kb(pid, "VmHWM");
@@ -883,12 +895,9 @@ async fn event_flood_with_a_locked_store_stays_bounded_and_loses_nothing() {
         .unwrap_or("azb_ami_queue_overflows_total 0")
         .to_string();
     println!(
-        "flood of {FLOOD} events, store locked 10 s: idle RSS {idle} kB, peak RSS {peak} kB (+{} kB); {overflows}",
+        "flood of {FLOOD} events, store locked {} s: idle RSS {idle} kB, peak RSS {peak} kB (+{} kB); {overflows}",
+        locked_for.as_secs(),
         peak.saturating_sub(idle)
-    );
-    assert!(
-        peak_ready_503,
-        "/readyz said 503 while the store was locked"
     );
     assert!(
         peak.saturating_sub(idle) < 64 * 1024,

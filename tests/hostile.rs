@@ -235,7 +235,7 @@ listen = "127.0.0.1:{agi}"
         support::success_stdout(&out);
     }
 
-    fn spawn(&self, env: &[(&str, &str)]) -> Child {
+    fn spawn(&self, env: &[(&str, &str)]) -> Running {
         let log = std::fs::File::create(self.log_path()).expect("log");
         let mut cmd = support::bridge();
         cmd.args(["run", "--config"])
@@ -247,7 +247,7 @@ listen = "127.0.0.1:{agi}"
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("start the bridge")
+        Running(cmd.spawn().expect("start the bridge"))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -342,6 +342,31 @@ listen = "127.0.0.1:{agi}"
             .text()
             .await
             .unwrap_or_default()
+    }
+}
+
+/// A bridge process that is killed if the test ends (or fails) before stopping it.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

@@ -11,6 +11,13 @@
 //! The dialplan waits while a session is open, so every session has a deadline, the Zoho
 //! lookup its own shorter one, and the server answers `HANGUP` at any time by closing.
 //! Garbage or oversize input is logged and the connection closed; other sessions go on.
+//!
+//! A caller waits in the dialplan while its lookup runs, so nobody else may make it wait:
+//! peers outside `agi.allow` are closed at once, one address holds at most
+//! `agi.max_per_peer` connections, the header must come within 2 s, and a connection takes
+//! one of the session slots only once its header is in (slow or silent clients only hold a
+//! cheap header-read task). A failed `accept` (out of file descriptors) backs off up to 1 s
+//! and logs once per streak.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -11,6 +11,13 @@
 //! The dialplan waits while a session is open, so every session has a deadline, the Zoho
 //! lookup its own shorter one, and the server answers `HANGUP` at any time by closing.
 //! Garbage or oversize input is logged and the connection closed; other sessions go on.
+//!
+//! A caller waits in the dialplan while its lookup runs, so nobody else may make it wait:
+//! peers outside `agi.allow` are closed at once, one address holds at most
+//! `agi.max_per_peer` connections, the header must come within 2 s, and a connection takes
+//! one of the session slots only once its header is in (slow or silent clients only hold a
+//! cheap header-read task). A failed `accept` (out of file descriptors) backs off up to 1 s
+//! and logs once per streak.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,8 +35,12 @@ use crate::zoho::api::ZohoApi;
 pub const MAX_LINE: usize = 8 * 1024;
 /// Most header lines accepted.
 const MAX_HEADER_LINES: usize = 128;
-/// Sessions served at once; more wait for a slot.
+/// Sessions running a script at once; more wait for a slot. A connection takes a slot only
+/// once its header is in, so clients that connect and send nothing cannot hold the slots
+/// real dialplan lookups need.
 const MAX_SESSIONS: usize = 64;
+/// Connections still sending their header, at most; more are closed at once.
+const MAX_PENDING: usize = 1024;
 
 /// Deadlines of one session.
 #[derive(Debug, Clone, Copy)]
@@ -43,10 +54,97 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            header: Duration::from_secs(5),
+            // Asterisk sends the whole header at once: a client still sending after 2 s is
+            // not a dialplan.
+            header: Duration::from_secs(2),
             command: Duration::from_secs(5),
             lookup: Duration::from_millis(1500),
             session: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who may connect, and how much of the server one peer may take.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Peer networks allowed; others are closed at once (logged once a minute at most).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Connections one peer address may hold at once (header phase and session).
+    pub max_per_peer: usize,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            allow: vec![
+                ipnet::IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).unwrap_or_default(),
+                ),
+                ipnet::IpNet::V6(
+                    ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
+                ),
+            ],
+            max_per_peer: 16,
+        }
+    }
+}
+
+impl Access {
+    /// From `[agi]`; a bad network names the key.
+    pub fn from_config(cfg: &crate::config::AgiConfig) -> Result<Access, String> {
+        let mut allow = Vec::new();
+        for (i, a) in cfg.allow.iter().enumerate() {
+            let net = a
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("key agi.allow[{i}]: '{a}' is not an address or network (10.0.0.0/8, ::1/128)"))?;
+            allow.push(net);
+        }
+        Ok(Access {
+            allow,
+            max_per_peer: cfg.max_per_peer.max(1),
+        })
+    }
+
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Connections per peer address; a [`PeerSlot`] gives its place back when dropped.
+#[derive(Default)]
+struct PeerCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.counts.0.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
         }
     }
 }
@@ -376,31 +474,70 @@ impl Handler {
     }
 }
 
-/// Serves sessions until `stop`; each session is bounded in time and isolated from others.
+/// Serves sessions until `stop` with the default [`Access`] (loopback only).
 pub async fn serve(listener: TcpListener, handler: Arc<Handler>, stop: CancellationToken) {
+    serve_with(listener, handler, Access::default(), stop).await
+}
+
+/// Serves sessions until `stop`; each session is bounded in time and isolated from others.
+/// The accept loop never waits for a session slot: a connection from outside `access.allow`,
+/// past its peer's share, or past [`MAX_PENDING`] header reads is closed at once and counted.
+pub async fn serve_with(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    access: Access,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_SESSIONS));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let peers = Arc::new(PeerCounts::default());
+    let refused = |why: &'static str| {
+        metrics::counter!("azb_agi_refused_total", "reason" => why).increment(1);
+    };
+    let mut backoff = crate::websec::AcceptBackoff::new("agi");
+    let mut last_denied_log: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let (sock, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff.ok();
+                a
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "FastAGI accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        if !access.allows(peer.ip()) {
+            refused("not_allowed");
+            if last_denied_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(%peer, "FastAGI connection from outside agi.allow: closed (logged once a minute)");
+                last_denied_log = Some(std::time::Instant::now());
+            }
+            continue;
+        }
+        let Some(peer_slot) = peers.take(peer.ip().to_canonical(), access.max_per_peer) else {
+            refused("per_peer");
+            continue;
+        };
+        let Ok(header_slot) = pending.clone().try_acquire_owned() else {
+            refused("pending");
+            continue;
         };
         let handler = handler.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _peer_slot = peer_slot;
             let limits = handler.limits;
             let work = async {
                 let mut s = Session::open(sock, limits).await?;
+                drop(header_slot);
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return Ok(());
+                };
                 let uniqueid = s.get("agi_uniqueid").unwrap_or("").to_string();
                 let span = tracing::info_span!("agi", %peer, uniqueid);
                 let result = tracing::Instrument::instrument(handler.run(&mut s), span).await;
@@ -413,5 +550,38 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>, stop: Cancellat
                 Err(_) => tracing::warn!(%peer, "FastAGI session over its deadline: closed"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        let cfg = crate::config::AgiConfig {
+            allow: vec!["10.1.0.0/16".into(), "192.168.1.5".into(), "::1/128".into()],
+            ..Default::default()
+        };
+        let a = Access::from_config(&cfg).expect("valid");
+        for (ip, ok) in [
+            ("10.1.200.3", true),
+            ("10.2.0.1", false),
+            ("192.168.1.5", true),
+            ("192.168.1.6", false),
+            ("::1", true),
+            ("::ffff:10.1.0.1", true),
+            ("127.0.0.1", false),
+        ] {
+            assert_eq!(a.allows(ip.parse().unwrap()), ok, "{ip}");
+        }
+        let bad = crate::config::AgiConfig {
+            allow: vec!["10.0.0.0/8".into(), "nope".into()],
+            ..Default::default()
+        };
+        let e = Access::from_config(&bad).unwrap_err();
+        assert!(e.contains("agi.allow[1]"), "{e}");
+        assert!(Access::default().allows("127.0.0.9".parse().unwrap()));
+        assert!(!Access::default().allows("10.0.0.1".parse().unwrap()));
     }
 }

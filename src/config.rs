@@ -26,6 +26,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
     pub agi: AgiConfig,
+    pub limits: LimitsConfig,
 }
 
 /// `[[pbx]]`: one Asterisk Manager Interface to read.
@@ -118,6 +119,34 @@ impl StoreConfig {
     }
 }
 
+/// `[limits]`: the bounds that keep memory finite when something downstream is slow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// AMI events buffered between a PBX session and its call tracker. When full for longer
+    /// than `ami_queue_wait_ms`, the session is dropped and re-established (calls that span
+    /// the gap are marked incomplete) rather than stalling Asterisk's writes.
+    pub ami_queue_events: usize,
+    pub ami_queue_wait_ms: u64,
+    /// Finished calls waiting in memory while the store cannot write; when full, reading the
+    /// PBX waits (and the AMI queue above takes over).
+    pub store_queue_calls: usize,
+    /// Live calls one tracker may hold before `azb_live_calls_over_cap_total` counts and a
+    /// warning is logged.
+    pub max_live_calls: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            ami_queue_events: 100_000,
+            ami_queue_wait_ms: 50,
+            store_queue_calls: 10_000,
+            max_live_calls: 20_000,
+        }
+    }
+}
+
 /// `[delivery]`: how the outbox is worked off.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,6 +192,16 @@ pub struct HttpConfig {
     /// Bearer token for the API and page (inline, for tests) or from `token_env`.
     pub token: Option<crate::secret::Secret>,
     pub token_env: Option<String>,
+    /// Connections served at once; more are accepted and closed at once (counted), so idle
+    /// sockets cannot use up the file descriptors the PBX sessions and FastAGI need.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this. The same timer runs while a keep-alive
+    /// connection waits for its next request, so it is the idle timeout too.
+    pub header_timeout_seconds: f64,
+    /// Mark the session cookie `Secure` (set it when a TLS proxy is in front).
+    pub secure_cookie: bool,
+    /// How long a sign-in lasts.
+    pub session_hours: f64,
 }
 
 impl Default for HttpConfig {
@@ -171,6 +210,10 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8089".into(),
             token: None,
             token_env: Some("AZB_HTTP_TOKEN".into()),
+            max_connections: 4096,
+            header_timeout_seconds: 10.0,
+            secure_cookie: false,
+            session_hours: 12.0,
         }
     }
 }
@@ -183,6 +226,13 @@ pub struct AgiConfig {
     pub listen: String,
     /// The account used for caller lookups.
     pub account: Option<String>,
+    /// Peer networks allowed to connect (`10.0.0.5/32`, `192.168.1.0/24`); others are
+    /// closed at once. Default: loopback only.
+    pub allow: Vec<String>,
+    /// Sessions one peer address may hold at once.
+    pub max_per_peer: usize,
+    /// The `agi_*` header must arrive within this (Asterisk sends it at once).
+    pub header_timeout_seconds: f64,
 }
 
 impl Default for AgiConfig {
@@ -190,6 +240,9 @@ impl Default for AgiConfig {
         AgiConfig {
             listen: "127.0.0.1:4573".into(),
             account: None,
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_per_peer: 16,
+            header_timeout_seconds: 2.0,
         }
     }
 }

@@ -33,6 +33,10 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("PBX '{pbx}': {message}")]
     Ami { pbx: String, message: String },
+    /// A task that cannot be restarted in place panicked: `run` ends with an error (non-zero
+    /// exit) so that the service manager restarts the whole bridge.
+    #[error("task {task} panicked: {message}")]
+    Panicked { task: String, message: String },
 }
 
 /// The stages every source feeds: tracker output → store → delivery.
@@ -83,47 +87,10 @@ impl Bridge {
     /// live moment only the records (if any trigger fired). A store that refuses is retried
     /// with backoff until `stop`, so nothing is dropped while the bridge runs.
     async fn persist(&self, pbx: &str, call: &Call, on: On, stop: &CancellationToken) {
-        let finished = on == On::End;
-        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
-            Vec::new()
-        });
-        if !finished && activities.is_empty() {
-            return;
-        }
-        let e164 = if finished {
-            self.pipeline.remote_e164(call)
-        } else {
-            None
-        };
-        let at = now_micros();
         let mut wait = Duration::from_millis(200);
         loop {
-            let stored = if finished {
-                self.store
-                    .record_call(pbx, call, e164.as_deref(), &activities, at)
-                    .await
-            } else {
-                self.store
-                    .record_moment(pbx, &call.linkedid.0, &activities, at)
-                    .await
-            };
-            match stored {
-                Ok(added) => {
-                    if finished {
-                        metrics::counter!("azb_calls_finished_total", "pbx" => pbx.to_string(), "status" => call.status.as_str()).increment(1);
-                        tracing::info!(
-                            status = call.status.as_str(),
-                            direction = call.direction.as_str(),
-                            records = added,
-                            "call finished"
-                        );
-                    }
-                    if added > 0 {
-                        self.delivery.wake();
-                    }
-                    return;
-                }
+            match self.store_once(pbx, call, on).await {
+                Ok(()) => return,
                 Err(e) if !stop.is_cancelled() => {
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "storing a call's records");
                     tokio::time::sleep(wait).await;
@@ -137,6 +104,63 @@ impl Bridge {
             }
         }
     }
+
+    /// One attempt at storing a tracker output, in its call's span; Ok once committed.
+    pub async fn try_store(&self, pbx: &str, output: &Output) -> Result<(), String> {
+        let (call, on, span) = match output {
+            Output::Finished(call) => (
+                call,
+                On::End,
+                tracing::info_span!("call", linkedid = %call.linkedid, pbx),
+            ),
+            Output::Moment(m, call) => (
+                call,
+                On::of(*m),
+                tracing::info_span!("moment", linkedid = %call.linkedid, pbx),
+            ),
+        };
+        self.store_once(pbx, call, on)
+            .instrument(span)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// One transaction for what `on` makes of `call`; "call finished" is logged only after
+    /// it committed.
+    async fn store_once(&self, pbx: &str, call: &Call, on: On) -> Result<(), StoreError> {
+        let finished = on == On::End;
+        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
+            Vec::new()
+        });
+        if !finished && activities.is_empty() {
+            return Ok(());
+        }
+        let at = now_micros();
+        let added = if finished {
+            let e164 = self.pipeline.remote_e164(call);
+            self.store
+                .record_call(pbx, call, e164.as_deref(), &activities, at)
+                .await?
+        } else {
+            self.store
+                .record_moment(pbx, &call.linkedid.0, &activities, at)
+                .await?
+        };
+        if finished {
+            metrics::counter!("azb_calls_finished_total", "pbx" => pbx.to_string(), "status" => call.status.as_str()).increment(1);
+            tracing::info!(
+                status = call.status.as_str(),
+                direction = call.direction.as_str(),
+                records = added,
+                "call finished"
+            );
+        }
+        if added > 0 {
+            self.delivery.wake();
+        }
+        Ok(())
+    }
 }
 
 /// Binds a configured listener; failing to is a configuration error naming the key.
@@ -144,6 +168,43 @@ async fn listen(key: &str, addr: &str) -> Result<tokio::net::TcpListener, Daemon
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| DaemonError::Config(format!("key {key}: cannot listen on {addr}: {e}")))
+}
+
+/// Events taken from the AMI queue per pass of the ingest loop.
+const EVENT_BATCH: usize = 512;
+
+/// At shutdown, how long the store may take to write the calls still waiting; the unit's
+/// `TimeoutStopSec` (90 s) covers this, the 30 s delivery drain and the HTTP drain.
+const STORE_DRAIN: Duration = Duration::from_secs(20);
+
+/// Watches the tracker's live-call count against `limits.max_live_calls`: a gauge always, a
+/// counter and one warning each time the cap is crossed. (Evicting calls is the tracker's
+/// business: see `max_call_age_seconds`.)
+struct LiveCap {
+    pbx: String,
+    max: usize,
+    over: bool,
+}
+
+impl LiveCap {
+    fn new(pbx: &str, max: usize) -> LiveCap {
+        LiveCap {
+            pbx: pbx.to_string(),
+            max,
+            over: false,
+        }
+    }
+
+    fn check(&mut self, live: usize) {
+        metrics::gauge!("azb_live_calls", "pbx" => self.pbx.clone()).set(live as f64);
+        let over = live > self.max;
+        if over && !self.over {
+            metrics::counter!("azb_live_calls_over_cap_total", "pbx" => self.pbx.clone())
+                .increment(1);
+            tracing::warn!(pbx = %self.pbx, live_calls = live, cap = self.max, "more live calls than limits.max_live_calls");
+        }
+        self.over = over;
+    }
 }
 
 /// How long a FastAGI tag waits for its channel to appear on AMI.
@@ -171,7 +232,10 @@ pub async fn ingest_pbx(
     client_cfg.auth = pbx.auth;
     // The session feeds the call tracker only: the events it reads nothing of are skimmed.
     client_cfg.skim = Some(crate::calls::skimmable);
-    client_cfg.ping_interval = Duration::from_secs_f64(pbx.ping_seconds);
+    client_cfg.queue_events = cfg.limits.ami_queue_events;
+    client_cfg.queue_wait = Duration::from_millis(cfg.limits.ami_queue_wait_ms.min(10_000));
+    client_cfg.ping_interval = crate::ops::seconds(pbx.ping_seconds, Duration::from_secs(20))
+        .max(Duration::from_millis(100));
     // After every login the PBX's channels and queues are listed, and the tracker reconciles.
     client_cfg.resync = true;
     let name = pbx.name.clone();
@@ -203,9 +267,21 @@ pub async fn ingest_pbx(
         }
     };
     tracing::info!(pbx = %pbx.name, host = %pbx.host, port = pbx.port, "AMI connected");
+    crate::supervise::test_panic("pbx");
     health.set_pbx(&pbx.name, true);
     let events_total = metrics::counter!("azb_ami_events_total", "pbx" => pbx.name.clone());
     let reconnects = metrics::counter!("azb_ami_reconnects_total", "pbx" => pbx.name.clone());
+    // Finished calls wait here while the store cannot write, so reading goes on.
+    let give_up = CancellationToken::new();
+    let (queue, writer) = crate::persist::PersistQueue::start(
+        bridge.clone(),
+        pbx.name.clone(),
+        cfg.limits.store_queue_calls,
+        health.clone(),
+        give_up.clone(),
+    );
+    let mut live_cap = LiveCap::new(&pbx.name, cfg.limits.max_live_calls);
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
     let mut outputs = Vec::new();
     // Live calls are saved four times a second when they changed: after a kill -9 only what
     // happened in the last quarter second before it is unknown to the next start.
@@ -219,9 +295,13 @@ pub async fn ingest_pbx(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            ev = events.recv() => match ev {
-                None => break,
-                Some(ev) => {
+            // Events are taken in batches: one pass of this loop per batch rather than per
+            // event keeps the tracker ahead of the reader (see the AMI queue's policy).
+            n = events.recv_many(&mut batch, EVENT_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                for ev in batch.drain(..) {
                     if let SourceEvent::Message(m) = &ev {
                         events_total.increment(1);
                         clock.observe(m);
@@ -239,8 +319,12 @@ pub async fn ingest_pbx(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => tags_open = false,
             },
             // Time moves on between events only once the PBX's clock is known.
-            _ = tick.tick(), if clock.is_known() => tracker.tick(clock.now(), &mut outputs),
-            _ = save_tick.tick() => saver.offer(&tracker, &clock),
+            _ = tick.tick(), if clock.is_known() => {
+                tracker.tick(clock.now(), &mut outputs);
+                live_cap.check(tracker.live_calls());
+            }
+            // Only while nothing finished waits for the store (see PersistQueue::is_settled).
+            _ = save_tick.tick(), if queue.is_settled() => saver.offer(&tracker, &clock),
         }
         // A tag can come before the channel's first event: it waits a few seconds for it.
         pending_tags.retain(|(at, t)| {
@@ -248,15 +332,24 @@ pub async fn ingest_pbx(
         });
         if !outputs.is_empty() {
             continuity::count_resynced(&pbx.name, &outputs);
-            bridge.handle(&pbx.name, &mut outputs, &stop).await;
+            tokio::select! {
+                _ = queue.push(&mut outputs) => {}
+                _ = stop.cancelled() => {}
+            }
         }
     }
+    // From here the store gets STORE_DRAIN to take what waits; then the rest is logged.
+    let deadline = give_up.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(STORE_DRAIN).await;
+        deadline.cancel();
+    });
     // Calls whose channels have all hung up are finished, grace period or not.
     let grace = (cfg.calls.grace_seconds * 1e6) as i64 + 1;
     tracker.tick(Micros(clock.now().0 + grace), &mut outputs);
-    bridge
-        .handle(&pbx.name, &mut outputs, &CancellationToken::new())
-        .await;
+    queue.push_or_log(&mut outputs, &give_up).await;
+    drop(queue);
+    let _ = writer.await;
     // The calls still up are saved: the next start carries on with them.
     saver.finish(&tracker, &clock).await;
     Ok(())
@@ -315,22 +408,28 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let stop_ingest = CancellationToken::new();
     let stop_workers = CancellationToken::new();
-    let workers = bridge.delivery.spawn(stop_workers.clone());
+    // The recorder first: what the tasks count from their first moment (a panic at start
+    // included) must reach /metrics.
+    let metrics = crate::ops::install_metrics();
+    let workers = bridge
+        .delivery
+        .spawn_supervised(stop_workers.clone(), health.clone());
     let stop_http = CancellationToken::new();
     let http = if cfg.http.listen.is_empty() {
         None
     } else {
         let ops = crate::ops::Ops {
             health: health.clone(),
-            metrics: crate::ops::install_metrics(),
+            metrics,
             apis: bridge.delivery.apis().clone(),
         };
         let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))
             .map_err(DaemonError::Config)?;
         let listener = listen("http.listen", &cfg.http.listen).await?;
         let stop = stop_http.clone();
+        let limits = crate::websec::ServeLimits::from_config(&cfg.http);
         Some(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(listener, router, stop).await {
+            if let Err(e) = crate::http::serve_with(listener, router, limits, stop).await {
                 tracing::error!(error = %e, "HTTP server");
             }
         }))
@@ -348,13 +447,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let handler = Arc::new(crate::agi::Handler {
             zoho,
             tags: tags.clone(),
-            limits: crate::agi::Limits::default(),
+            limits: crate::agi::Limits {
+                header: crate::ops::seconds(cfg.agi.header_timeout_seconds, Duration::from_secs(2))
+                    .max(Duration::from_millis(100)),
+                ..crate::agi::Limits::default()
+            },
         });
+        let access = crate::agi::Access::from_config(&cfg.agi).map_err(DaemonError::Config)?;
         let listener = listen("agi.listen", &cfg.agi.listen).await?;
-        tracing::info!(listen = %cfg.agi.listen, "FastAGI: zoho-lookup, tag");
-        Some(tokio::spawn(crate::agi::serve(
+        tracing::info!(listen = %cfg.agi.listen, allow = ?cfg.agi.allow, "FastAGI: zoho-lookup, tag");
+        Some(tokio::spawn(crate::agi::serve_with(
             listener,
             handler,
+            access,
             stop_http.clone(),
         )))
     };
@@ -375,15 +480,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down: no more AMI reading; storing ended calls"),
         Some(done) = sources.join_next() => {
-            if let Ok(Err(e)) = done {
-                failure = Some(e);
+            failure = source_failure(done, &health);
+            if failure.is_none() {
+                tracing::error!("a PBX session ended by itself; stopping");
             }
         }
     }
     stop_ingest.cancel();
     while let Some(done) = sources.join_next().await {
-        if let Ok(Err(e)) = done {
+        if let Some(e) = source_failure(done, &health) {
             tracing::error!(error = %e, "PBX session ended");
+            failure.get_or_insert(e);
         }
     }
     stop_workers.cancel();
@@ -403,6 +510,28 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// What a finished PBX task means for `run`'s exit: its error, or its panic turned into one
+/// (counted and logged; see [`crate::supervise`]).
+fn source_failure(
+    done: Result<Result<(), DaemonError>, tokio::task::JoinError>,
+    health: &crate::ops::Health,
+) -> Option<DaemonError> {
+    match done {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => {
+            let message = crate::supervise::panic_text(e);
+            health.task_panicked("pbx");
+            health.set_task_down("pbx", Some(format!("panicked: {message}")));
+            tracing::error!(panic = %message, "a PBX task panicked; the bridge stops with an error");
+            Some(DaemonError::Panicked {
+                task: "pbx".into(),
+                message,
+            })
+        }
     }
 }
 

@@ -58,7 +58,10 @@ pub fn zoho_clients(cfg: &Config) -> Result<HashMap<String, Arc<ZohoApi>>, ZohoE
     let mut apis = HashMap::new();
     for (name, acc) in &cfg.zoho.accounts {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(acc.timeout_seconds.max(1.0)))
+            .timeout(crate::ops::seconds(
+                acc.timeout_seconds.max(1.0),
+                Duration::from_secs(30),
+            ))
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| ZohoError::Config(format!("HTTP client: {e}")))?;
@@ -115,35 +118,39 @@ impl Delivery {
     /// Starts the workers; they stop leasing when `stop` is cancelled and end after the
     /// deliveries in flight.
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        self.spawn_supervised(stop, Arc::new(crate::ops::Health::default()))
+    }
+
+    /// [`Delivery::spawn`], with panics counted and shown in `health`. A bug that panics a
+    /// worker must not stop delivery silently: its leases run out, and a fresh worker takes
+    /// its place (see [`crate::supervise`]).
+    pub fn spawn_supervised(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+        health: Arc<crate::ops::Health>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.cfg.workers)
             .map(|i| {
                 let me = self.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    // A bug that panics a worker must not stop delivery silently: its leases
-                    // run out, and a fresh worker takes its place.
-                    loop {
-                        let (w, st) = (me.clone(), stop.clone());
-                        match tokio::spawn(async move { w.work(i, st).await }).await {
-                            Err(e) if e.is_panic() && !stop.is_cancelled() => {
-                                tracing::error!(
-                                    worker = i,
-                                    "delivery worker panicked; starting a new one"
-                                );
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                            _ => return,
-                        }
-                    }
-                })
+                let st = stop.clone();
+                tokio::spawn(crate::supervise::restart_on_panic(
+                    format!("delivery#{i}"),
+                    health.clone(),
+                    stop.clone(),
+                    move || {
+                        let (w, st) = (me.clone(), st.clone());
+                        async move { w.work(i, st).await }
+                    },
+                ))
             })
             .collect()
     }
 
     async fn work(&self, index: usize, stop: CancellationToken) {
         let owner = format!("{}#{index}", self.instance);
+        crate::supervise::test_panic("delivery");
         let lease = (self.cfg.lease_seconds * 1e6) as i64;
-        let poll = Duration::from_secs_f64(self.cfg.poll_seconds);
+        let poll = crate::ops::seconds(self.cfg.poll_seconds, Duration::from_secs(5));
         while !stop.is_cancelled() {
             match self.store.lease(&owner, self.cfg.batch_size, lease).await {
                 Ok(rows) if !rows.is_empty() => {
@@ -384,18 +391,21 @@ impl Delivery {
         }
         let mut delay = self.backoff(row.attempts);
         if account_level(e) {
-            delay = Duration::from_secs_f64(self.cfg.backoff_max_seconds.min(60.0));
+            delay = crate::ops::seconds(
+                self.cfg.backoff_max_seconds.min(60.0),
+                Duration::from_secs(60),
+            );
         }
         if let ZohoError::Throttled {
             retry_after_seconds: Some(s),
             ..
         } = e
         {
-            delay = delay.max(Duration::from_secs(*s));
+            delay = delay.max(Duration::from_secs((*s).min(MAX_RETRY_AFTER_SECONDS)));
         }
         tracing::warn!(linkedid = %row.linkedid, attempt = row.attempts, retry_in_ms = delay.as_millis() as u64, error = %e, "delivery will be retried");
         metrics::counter!("azb_delivery_retries_total").increment(1);
-        let next = now_micros() + delay.as_micros() as i64;
+        let next = retry_at(now_micros(), delay);
         if let Err(err) = self
             .store
             .retry_later(row, owner, next, &e.to_string(), retry == Retry::Unknown)
@@ -413,6 +423,28 @@ impl Delivery {
         let base =
             (self.cfg.backoff_initial_seconds * 2f64.powi(exp)).min(self.cfg.backoff_max_seconds);
         let jitter = rand::rng().random_range(0.0..=0.5);
-        Duration::from_secs_f64(base * (0.5 + jitter))
+        crate::ops::seconds(base * (0.5 + jitter), Duration::from_secs(60))
+    }
+}
+
+/// A `Retry-After` longer than this is taken as this: a day is already far past any real
+/// throttle, and a larger value (up to `u64::MAX`) must not overflow the time arithmetic.
+pub const MAX_RETRY_AFTER_SECONDS: u64 = 24 * 3600;
+
+/// `now + delay` in microseconds, saturating instead of wrapping however large `delay` is.
+pub fn retry_at(now_micros: i64, delay: Duration) -> i64 {
+    let delay = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+    now_micros.saturating_add(delay)
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use super::*;
+
+    #[test]
+    fn retry_time_saturates() {
+        assert_eq!(retry_at(1_000, Duration::from_secs(u64::MAX)), i64::MAX);
+        assert_eq!(retry_at(1_000, Duration::from_secs(2)), 2_001_000);
+        assert_eq!(retry_at(i64::MAX - 1, Duration::from_secs(1)), i64::MAX);
     }
 }

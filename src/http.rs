@@ -2,8 +2,10 @@
 //! the search page.
 //!
 //! Everything but `/healthz` and `/readyz` needs the configured token: as `Authorization: Bearer …` for the
-//! API, or for people through a small sign-in form that keeps it in an HttpOnly cookie. With no
-//! token configured only `/healthz` is served. Listens on 127.0.0.1 unless told otherwise.
+//! API, or for people through a small sign-in form that gives a signed, expiring session
+//! cookie (never the token itself; see [`crate::websec`]). `/readyz` answers its status to
+//! anyone and its details only with the token. With no token configured only `/healthz` is
+//! served. Listens on 127.0.0.1 unless told otherwise.
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use crate::config::Config;
 use crate::secret::Secret;
 use crate::store::{Interaction, Search, Store};
 
-const COOKIE: &str = "azb_token";
+const COOKIE: &str = "azb_session";
 const PER_PAGE: u32 = 50;
 
 /// What the handlers share.
@@ -31,6 +33,10 @@ struct App {
     /// `https://crm.zoho.eu` and so on, for links to the records.
     crm_host: Option<String>,
     page: minijinja::Environment<'static>,
+    sessions: crate::websec::Sessions,
+    brake: crate::websec::SignInBrake,
+    /// `Secure` on the session cookie.
+    secure_cookie: bool,
 }
 
 /// The API's and page's filters, as query parameters.
@@ -118,13 +124,15 @@ impl Filters {
     }
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// The session cookie of a request, if it sent one.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .next()
 }
 
 impl App {
@@ -136,17 +144,10 @@ impl App {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-            .next();
-        [bearer, cookie]
-            .into_iter()
-            .flatten()
-            .any(|given| same(given.trim(), token.expose()))
+        if bearer.is_some_and(|given| crate::websec::same_secret(given.trim(), token.expose())) {
+            return true;
+        }
+        session_cookie(headers).is_some_and(|c| self.sessions.valid(c))
     }
 
     fn record_url(&self, i: &Interaction) -> Option<String> {
@@ -189,6 +190,12 @@ pub fn router(cfg: &Config, store: Store, ops: Option<crate::ops::Ops>) -> Resul
         country: crate::phone::country(&cfg.calls.default_country),
         crm_host,
         page,
+        sessions: crate::websec::Sessions::new(crate::ops::seconds(
+            cfg.http.session_hours * 3600.0,
+            std::time::Duration::from_secs(12 * 3600),
+        )),
+        brake: crate::websec::SignInBrake::default(),
+        secure_cookie: cfg.http.secure_cookie,
     });
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -197,24 +204,44 @@ pub fn router(cfg: &Config, store: Store, ops: Option<crate::ops::Ops>) -> Resul
         .route("/api/interactions", get(api_search))
         .route("/", get(page_search))
         .route("/login", post(login))
+        .route("/logout", post(logout))
+        .layer(axum::middleware::map_response(
+            crate::websec::security_headers,
+        ))
         .with_state(app))
 }
 
-/// Serves until `stop`.
+/// Serves until `stop`, with the default connection limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    tracing::info!(listen = %listener.local_addr()?, "HTTP: /healthz, /api/interactions, search page");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    serve_with(
+        listener,
+        router,
+        crate::websec::ServeLimits::default(),
+        stop,
+    )
+    .await
 }
 
-/// 200 when every PBX is connected, every Zoho account has a token and the outbox moves;
-/// 503 otherwise, with the details either way. No token needed (no call data in it).
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+/// Serves until `stop`, at most `limits.max_connections` at once, each request's headers
+/// within `limits.header_timeout`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: crate::websec::ServeLimits,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    tracing::info!(listen = %listener.local_addr()?, max_connections = limits.max_connections, "HTTP: /healthz, /api/interactions, search page");
+    crate::websec::serve(listener, router, limits, stop).await
+}
+
+/// 200 when every PBX is connected, every Zoho account has a token, the store writes, every
+/// worker runs and the outbox moves; 503 otherwise. The details (PBX and account names, the
+/// reason) only with the token; without, just `{"ready": …}`.
+async fn readyz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(ops) = &app.ops else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no daemon state");
     };
@@ -224,7 +251,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(details)).into_response()
+    if app.authorised(&headers) {
+        (status, Json(details)).into_response()
+    } else {
+        (status, Json(json!({ "ready": ready }))).into_response()
+    }
 }
 
 /// Prometheus text format; behind the token like the API (scrapers send a bearer token).
@@ -284,17 +315,54 @@ struct Login {
     token: String,
 }
 
-async fn login(State(app): State<Arc<App>>, Form(l): Form<Login>) -> Response {
+/// Sign-in: the token for a session cookie. Failures are logged with the peer address and
+/// braked per address (429 past [`crate::websec::SIGNIN_FAILURES`] a minute).
+async fn login(
+    State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<crate::websec::Peer>>,
+    Form(l): Form<Login>,
+) -> Response {
+    let peer = peer.map(|axum::Extension(p)| p.0);
+    let ip = peer.map(|p| p.ip());
+    if let Err(wait) = app.brake.check(ip) {
+        tracing::warn!(peer = ?peer, retry_in_s = wait, "sign-in refused: too many failures from this address");
+        metrics::counter!("azb_http_signin_refused_total").increment(1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.to_string())],
+            Html(render_login(&app, true)),
+        )
+            .into_response();
+    }
     let ok = app
         .token
         .as_ref()
-        .is_some_and(|t| same(l.token.trim(), t.expose()));
+        .is_some_and(|t| crate::websec::same_secret(l.token.trim(), t.expose()));
     if !ok {
+        let failures = app.brake.failed(ip);
+        metrics::counter!("azb_http_signin_failures_total").increment(1);
+        tracing::warn!(peer = ?peer, failures_this_minute = failures, "failed sign-in");
         return (StatusCode::UNAUTHORIZED, Html(render_login(&app, true))).into_response();
     }
+    app.brake.succeeded(ip);
+    tracing::info!(peer = ?peer, "signed in");
     let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        l.token.trim()
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        app.sessions.issue(),
+        app.sessions.lifetime().as_secs(),
+        if app.secure_cookie { "; Secure" } else { "" }
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// Sign-out: the session is revoked here and the cookie cleared in the browser.
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(c) = session_cookie(&headers) {
+        app.sessions.revoke(c);
+    }
+    let cookie = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        if app.secure_cookie { "; Secure" } else { "" }
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
@@ -400,7 +468,7 @@ th { font-size: 12px; text-transform: uppercase; letter-spacing: .03em; color: #
 .muted { color: #8a93a6; } .pager { margin-top: 12px; display: flex; gap: 12px; align-items: center; }
 .problem { background: #fdecea; color: #8a1c12; padding: 8px 12px; border-radius: 4px; margin-bottom: 12px; }
 </style></head><body>
-<header>ami-zoho-bridge · calls</header>
+<header>ami-zoho-bridge · calls{% if not login %}<form method="post" action="/logout" style="float:right;margin:0"><button type="submit" id="signout">Sign out</button></form>{% endif %}</header>
 <main>
 {% if login %}
   <form method="post" action="/login" class="filters">

@@ -8,7 +8,7 @@ use ami_zoho_bridge::ami::client::ActionResult;
 use ami_zoho_bridge::ami::{Action, AmiClient, AmiError, AuthMethod, ClientConfig, SourceEvent};
 use ami_zoho_bridge::secret::Secret;
 use support::ami_server::{capture_body, AmiServer, ServerConfig};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 
 const SECRET: &str = "lab-secret-Zq81";
@@ -51,7 +51,7 @@ fn client_config(port: u16, auth: AuthMethod, secret: &str) -> ClientConfig {
 }
 
 /// Collects `n` messages, returning them and the markers seen in between.
-async fn collect(rx: &mut UnboundedReceiver<SourceEvent>, n: usize) -> (Vec<Vec<u8>>, Vec<String>) {
+async fn collect(rx: &mut Receiver<SourceEvent>, n: usize) -> (Vec<Vec<u8>>, Vec<String>) {
     let mut messages = Vec::new();
     let mut markers = Vec::new();
     while messages.len() < n {

@@ -805,9 +805,37 @@ async fn search_by_contact_lead_and_user_from_cli_and_api() {
         .await
         .unwrap_or_default()
         .contains("Access token"));
+    // The token itself is no cookie: signing in gives a signed session instead.
+    let raw = http
+        .get(format!("{base}/?lead_phone=061234%205678"))
+        .header("Cookie", format!("azb_session={HTTP_TOKEN}"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(raw.status().as_u16(), 401);
+    let signed_in = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("{base}/login"))
+        .form(&[("token", HTTP_TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        cookie.starts_with("azb_session=") && !cookie.contains(HTTP_TOKEN),
+        "{cookie}"
+    );
     let page = http
         .get(format!("{base}/?lead_phone=061234%205678"))
-        .header("Cookie", format!("azb_token={HTTP_TOKEN}"))
+        .header("Cookie", cookie)
         .send()
         .await
         .expect("page");
@@ -815,8 +843,22 @@ async fn search_by_contact_lead_and_user_from_cli_and_api() {
     assert_eq!(html.matches("<tr class=\"row\">").count(), 2, "{html}");
 
     // Readiness and metrics.
+    let plain: Value = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("readyz json");
+    assert_eq!(
+        plain,
+        serde_json::json!({ "ready": true }),
+        "no names without the token"
+    );
     let ready = http
         .get(format!("{base}/readyz"))
+        .bearer_auth(HTTP_TOKEN)
         .send()
         .await
         .expect("readyz");

@@ -1,10 +1,19 @@
 //! A live AMI session that survives its server.
 //!
 //! One task owns the socket's read half and does nothing but frame messages and route them:
-//! responses to our own actions go to whoever is waiting, everything else goes into an
-//! unbounded channel. It never waits on downstream work, because Asterisk drops a manager
-//! session whose writes stall (`writetimeout`, 100 ms by default). Writes go through a
-//! separate writer task for the same reason.
+//! responses to our own actions go to whoever is waiting, everything else goes into a
+//! bounded channel (`queue_events`). It never waits long on downstream work, because Asterisk
+//! drops a manager session whose writes stall (`writetimeout`, 100 ms by default). Writes go
+//! through a separate writer task for the same reason.
+//!
+//! When the channel is full for longer than `queue_wait` (well under Asterisk's write stall;
+//! the kernel's socket buffers absorb Asterisk's writes meanwhile), the session is dropped
+//! on purpose and re-established once the consumer has caught up: memory stays bounded, and
+//! the usual [`SourceEvent::Reconnected`] marker tells the tracker that calls spanning the gap
+//! are incomplete. Dropping events one by one instead would corrupt calls silently; waiting
+//! would make Asterisk drop us anyway, at a moment of its choosing. Counted in
+//! `azb_ami_queue_full_total` (each time the channel was full) and
+//! `azb_ami_queue_overflows_total` (each session dropped for it).
 //!
 //! After any drop the task reconnects with exponential backoff and jitter, logs in again and
 //! puts a [`SourceEvent::Reconnected`] marker into the stream, so later stages know events
@@ -74,6 +83,10 @@ pub struct ClientConfig {
     pub resync_timeout: Duration,
     /// The most list items kept for one resync (a bound on memory; the rest is dropped, loudly).
     pub resync_max_items: usize,
+    /// Events buffered for the consumer; see the module doc for what happens when full.
+    pub queue_events: usize,
+    /// How long the reader waits for room in a full queue before dropping the session.
+    pub queue_wait: Duration,
 }
 
 impl ClientConfig {
@@ -102,6 +115,8 @@ impl ClientConfig {
             resync: false,
             resync_timeout: Duration::from_secs(10),
             resync_max_items: 100_000,
+            queue_events: 100_000,
+            queue_wait: Duration::from_millis(50),
         }
     }
 
@@ -170,10 +185,10 @@ impl AmiClient {
     /// then keeps the session alive in the background. Messages arrive on the receiver.
     pub async fn connect(
         cfg: ClientConfig,
-    ) -> Result<(AmiClient, mpsc::UnboundedReceiver<SourceEvent>), AmiError> {
+    ) -> Result<(AmiClient, mpsc::Receiver<SourceEvent>), AmiError> {
         let ids = Arc::new(ActionIds::new());
         let session = Session::open(&cfg, &ids).await?;
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(cfg.queue_events.max(16));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let client = AmiClient {
             commands: cmd_tx,
@@ -316,14 +331,16 @@ impl Session {
     /// Sends one action and waits for the response with its ActionID (login phase only).
     async fn call(&mut self, action: &Action, deadline: Instant) -> Result<Message, AmiError> {
         let id = action.action_id().unwrap_or_default().to_string();
+        let started = Instant::now();
         self.writer.send(action).await?;
         loop {
             match tokio::time::timeout_at(deadline, self.reader.next()).await {
                 Err(_) => {
+                    // The time really waited (not the time left, which is 0 by now).
                     return Err(AmiError::ActionTimeout {
                         action: action.name.clone(),
-                        seconds: 0,
-                    })
+                        seconds: started.elapsed().as_secs_f64().round() as u64,
+                    });
                 }
                 Ok(None) => return Err(AmiError::Closed),
                 Ok(Some(Err(e))) => return Err(e),
@@ -360,7 +377,7 @@ async fn run(
     ids: Arc<ActionIds>,
     first: Session,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::UnboundedSender<SourceEvent>,
+    events: mpsc::Sender<SourceEvent>,
 ) {
     let mut session = Some(first);
     let mut reconnect = false;
@@ -387,7 +404,7 @@ async fn run(
         } else {
             SourceEvent::Connected { banner }
         };
-        if events.send(marker).is_err() {
+        if events.send(marker).await.is_err() {
             return;
         }
         let started = Instant::now();
@@ -395,7 +412,11 @@ async fn run(
             End::Shutdown => return,
             End::Dropped(reason) => {
                 tracing::warn!(addr = %cfg.addr(), %reason, "AMI session dropped");
-                if events.send(SourceEvent::Disconnected { reason }).is_err() {
+                if events
+                    .send(SourceEvent::Disconnected { reason })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -443,7 +464,7 @@ async fn drive(
     ids: &ActionIds,
     session: Session,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    events: &mpsc::UnboundedSender<SourceEvent>,
+    events: &mpsc::Sender<SourceEvent>,
 ) -> End {
     let Session {
         mut reader, writer, ..
@@ -470,15 +491,19 @@ async fn drive(
                 Some(Ok(Frame::Message(m))) => {
                     if resync.as_mut().is_some_and(|l| l.take(&m)) {
                         if resync.as_ref().is_some_and(ResyncLists::is_done) {
-                            let done = resync.take().map(|l| l.finish(false));
-                            if done.is_some_and(|ev| events.send(ev).is_err()) {
-                                break End::Shutdown;
+                            if let Some(ev) = resync.take().map(|l| l.finish(false)) {
+                                if let Err(end) = hand_on(cfg, events, ev).await {
+                                    break end;
+                                }
                             }
                         }
                     } else if ping_sent.as_ref().is_some_and(|(id, _)| m.action_id() == Some(id.as_bytes())) {
                         ping_sent = None;
-                    } else if !route_reply(&mut pending, &m) && events.send(SourceEvent::Message(m)).is_err() {
-                        break End::Shutdown;
+                    } else if !route_reply(&mut pending, &m) {
+                        match hand_on(cfg, events, SourceEvent::Message(m)).await {
+                            Ok(()) => {}
+                            Err(end) => break end,
+                        }
                     }
                 }
                 Some(Ok(Frame::Banner(_))) => {}
@@ -511,9 +536,10 @@ async fn drive(
                 pending.retain(|_, p| !p.reply.is_closed());
             },
             _ = resync_deadline(&resync) => {
-                let done = resync.take().map(|l| l.finish(true));
-                if done.is_some_and(|ev| events.send(ev).is_err()) {
-                    break End::Shutdown;
+                if let Some(ev) = resync.take().map(|l| l.finish(true)) {
+                    if let Err(end) = hand_on(cfg, events, ev).await {
+                        break end;
+                    }
                 }
             },
             _ = keepalive_deadline(&ping_sent, cfg.ping_timeout) => {
@@ -635,6 +661,36 @@ async fn resync_deadline(lists: &Option<ResyncLists>) {
     match lists {
         Some(l) => tokio::time::sleep_until(l.deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Puts a live-stream message into the bounded queue, waiting at most `queue_wait` for room.
+/// `Err` ends the session: the consumer is gone, or it is so far behind that the session is
+/// dropped and re-established (see the module doc).
+async fn hand_on(
+    cfg: &ClientConfig,
+    events: &mpsc::Sender<SourceEvent>,
+    ev: SourceEvent,
+) -> Result<(), End> {
+    use mpsc::error::TrySendError;
+    match events.try_send(ev) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Closed(_)) => Err(End::Shutdown),
+        Err(TrySendError::Full(ev)) => {
+            metrics::counter!("azb_ami_queue_full_total").increment(1);
+            match timeout(cfg.queue_wait, events.send(ev)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Shutdown),
+                Err(_) => {
+                    metrics::counter!("azb_ami_queue_overflows_total").increment(1);
+                    Err(End::Dropped(format!(
+                        "the event queue ({} events) stayed full for {} ms: the consumer is behind; dropping the session to resynchronise",
+                        events.max_capacity(),
+                        cfg.queue_wait.as_millis()
+                    )))
+                }
+            }
+        }
     }
 }
 

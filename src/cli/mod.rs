@@ -146,8 +146,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Emit::Events)]
         emit: Emit,
         /// Exit after this many seconds without traffic.
-        #[arg(long, value_name = "SECS")]
-        idle_exit: Option<f64>,
+        #[arg(long, value_name = "SECS", value_parser = ami_zoho_bridge::ops::parse_idle_seconds)]
+        idle_exit: Option<Duration>,
         /// Configuration for `--emit calls` (trunk and agent contexts, routes ...).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -430,12 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 AuthArg::Md5 => AuthMethod::Md5,
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(replay::watch(
-                cfg,
-                &bridge,
-                emit,
-                idle_exit.map(Duration::from_secs_f64),
-            ))
+            runtime.block_on(replay::watch(cfg, &bridge, emit, idle_exit))
         }
     }
 }

@@ -46,15 +46,12 @@ pub(crate) async fn search(
             ended,
             r.direction,
             r.status,
-            r.remote_number.as_deref().unwrap_or("-"),
-            r.queue.as_deref().unwrap_or("-"),
-            r.agent.as_deref().unwrap_or("-"),
-            r.user_email
-                .as_deref()
-                .or(r.agent_email.as_deref())
-                .unwrap_or("-"),
+            clean(r.remote_number.as_deref()),
+            clean(r.queue.as_deref()),
+            clean(r.agent.as_deref()),
+            clean(r.user_email.as_deref().or(r.agent_email.as_deref())),
             r.delivery,
-            r.activity_id.as_deref().unwrap_or("-")
+            clean(r.activity_id.as_deref())
         )?;
     }
     writeln!(
@@ -64,4 +61,10 @@ pub(crate) async fn search(
         search.page
     )?;
     Ok(())
+}
+
+/// A stored value for the terminal: caller names and queues come from the PBX and Zoho, so
+/// control and escape characters are neutralised before they reach it.
+fn clean(v: Option<&str>) -> String {
+    ami_zoho_bridge::ops::sanitize_terminal(v.unwrap_or("-")).into_owned()
 }

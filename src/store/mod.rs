@@ -56,19 +56,105 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// libpq credential parameters the sqlx driver does not understand (it would log their
+/// values as it ignores them): refused with a clear error instead.
+const UNSUPPORTED_PG_PARAMS: &[&str] = &["sslpassword", "passfile"];
+
+/// Query or key-value parameters whose value is a credential (or says where one is).
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "sslpassword",
+    "passfile",
+    "sslkey",
+    "secret",
+    "token",
+    "access_token",
+    "auth_token",
+    "api_key",
+    "apikey",
+];
+
+/// A store URL fit to print: `postgres://user:secret@host/db?sslpassword=x` →
+/// `postgres://user:***@host/db?sslpassword=***`. Hides the password of the user-info part and
+/// the value of every credential parameter (query string, or a libpq `key=value` string).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
     };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(parts) => parts,
-        None => return url.to_string(),
+    let head = match head.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://{auth}@{host}"),
+            },
+            None => head.to_string(),
+        },
+        // libpq's `host=… password=…` form: the same parameters, separated by spaces.
+        None => redact_params(head, ' '),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    match query {
+        Some(q) => format!("{head}?{}", redact_params(q, '&')),
+        None => head,
     }
+}
+
+fn redact_params(text: &str, sep: char) -> String {
+    text.split(sep)
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    let key = key.trim_start_matches(';');
+    SECRET_PARAMS.contains(&key)
+}
+
+/// The database holds phone numbers and names: it and its WAL/SHM files are owner-only
+/// (0600). The file is created 0600 before SQLite opens it, because SQLite gives the WAL and
+/// SHM files the mode of the database file; files left 0644 by an older version are fixed.
+fn restrict_sqlite_files(path: &str) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path == ":memory:" || path.starts_with(":memory:") {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // A missing directory and the like: SQLite reports it with the path.
+            Err(_) => return Ok(()),
+        }
+        for file in [
+            path.to_string(),
+            format!("{path}-wal"),
+            format!("{path}-shm"),
+        ] {
+            match std::fs::metadata(&file) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// A stored time (microseconds since the epoch) as RFC 3339, for people and JSON.
@@ -97,6 +183,8 @@ impl Store {
             if path.is_empty() {
                 return Err(fail("no file path after sqlite://".into()));
             }
+            restrict_sqlite_files(path.split('?').next().unwrap_or(path))
+                .map_err(|e| fail(format!("cannot make the database file owner-only: {e}")))?;
             let full = if path.contains('?') {
                 format!("sqlite://{path}")
             } else {
@@ -104,6 +192,16 @@ impl Store {
             };
             (Backend::Sqlite, full)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // libpq knows these, sqlx does not: it would ignore them and log their values.
+            if let Some(query) = url.split_once('?').map(|q| q.1) {
+                for (k, _) in form_urlencoded::parse(query.as_bytes()) {
+                    if UNSUPPORTED_PG_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+                        return Err(fail(format!(
+                            "the '{k}' parameter is not supported by this PostgreSQL driver (put the password in the URL or in PGPASSWORD)"
+                        )));
+                    }
+                }
+            }
             (Backend::Postgres, url.to_string())
         } else {
             return Err(fail("use sqlite://PATH or postgres://USER@HOST/DB".into()));
@@ -153,5 +251,35 @@ impl Store {
     /// Closes every connection (after in-flight queries end).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn every_credential_form_is_hidden() {
+        for (url, shown) in [
+            ("postgres://azb:hunter2@db/azb", "postgres://azb:***@db/azb"),
+            (
+                "postgres://azb@db/azb?password=hunter2&sslmode=require",
+                "postgres://azb@db/azb?password=***&sslmode=require",
+            ),
+            (
+                "postgresql://db/azb?user=azb&sslpassword=hunter2&passfile=/etc/pw&PASSWORD=hunter2",
+                "postgresql://db/azb?user=azb&sslpassword=***&passfile=***&PASSWORD=***",
+            ),
+            (
+                "postgres://u:p@ss:w@rd@db/x?password=a@b",
+                "postgres://u:***@db/x?password=***",
+            ),
+            ("host=db user=azb password=hunter2", "host=db user=azb password=***"),
+            ("sqlite:///var/lib/azb/azb.db", "sqlite:///var/lib/azb/azb.db"),
+        ] {
+            let r = redact_url(url);
+            assert_eq!(r, shown);
+            assert!(!r.contains("hunter2") && !r.contains("rd@") && !r.contains("/etc/pw"));
+        }
     }
 }

@@ -191,16 +191,43 @@ impl Store {
         activities: &[NewActivity],
         at: i64,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some((call, remote_e164)) = call {
-            super::interactions::insert(&mut tx, pbx, call, remote_e164).await?;
+        // The connection is taken from the pool explicitly so that a failed transaction can
+        // be rolled back *and* the connection thrown away: after SQLITE_FULL (or a broken
+        // PostgreSQL session) a connection can stay inside a half-open transaction and lock
+        // every other one out. Nothing is reported stored before `commit` returned Ok.
+        let mut conn = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let written = async {
+                if let Some((call, remote_e164)) = call {
+                    super::interactions::insert(&mut tx, pbx, call, remote_e164).await?;
+                }
+                let mut added = 0;
+                for a in activities {
+                    added += insert_activity(&mut tx, pbx, linkedid, a, at).await?;
+                }
+                Ok::<usize, StoreError>(added)
+            }
+            .await;
+            match written {
+                Ok(added) => {
+                    tx.commit().await?;
+                    Ok(added)
+                }
+                Err(e) => {
+                    if let Err(rb) = tx.rollback().await {
+                        tracing::warn!(error = %rb, "rolling back a failed store transaction");
+                    }
+                    Err(e)
+                }
+            }
         }
-        let mut added = 0;
-        for a in activities {
-            added += insert_activity(&mut tx, pbx, linkedid, a, at).await?;
+        .await;
+        if result.is_err() {
+            conn.close_on_drop();
+            metrics::counter!("azb_store_write_errors_total").increment(1);
         }
-        tx.commit().await?;
-        Ok(added)
+        result
     }
 
     /// Leases up to `limit` due rows for `owner` until `lease_micros` from now.

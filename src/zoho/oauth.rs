@@ -78,14 +78,27 @@ impl TokenFile {
         }
         let tmp = self.path.with_extension("tmp");
         let text = serde_json::to_vec_pretty(tokens).map_err(|e| self.err(e))?;
+        // A `.tmp` left by a crash (or planted) keeps its mode when opened: it is removed
+        // and created afresh, owner-only, and the mode set again on the open file.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.err(e)),
+        }
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
         let mut f = options.open(&tmp).map_err(|e| self.err(e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| self.err(e))?;
+        }
         f.write_all(&text).map_err(|e| self.err(e))?;
         f.sync_all().map_err(|e| self.err(e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))

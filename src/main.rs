@@ -595,17 +595,43 @@ async fn watch(
         _ => None,
     };
     let mut outputs = Vec::new();
+    // A call is finished a grace period after its last hang-up: on a quiet PBX no event comes
+    // to say so, so the tracker is ticked on the PBX's clock (the last event's Timestamp plus
+    // the wall time since), as the daemon does.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pbx_clock: Option<(Micros, Instant)> = None;
+    let mut last_traffic = Instant::now();
     loop {
-        let next = match idle_exit {
-            Some(idle) => match tokio::time::timeout(idle, events.recv()).await {
-                Ok(e) => e,
-                Err(_) => {
-                    tracing::info!(idle_seconds = idle.as_secs_f64(), "no AMI traffic: exiting");
-                    return Ok(());
-                }
-            },
-            None => events.recv().await,
+        let idle = async {
+            match idle_exit {
+                Some(idle) => tokio::time::sleep_until((last_traffic + idle).into()).await,
+                None => std::future::pending().await,
+            }
         };
+        let next = tokio::select! {
+            e = events.recv() => e,
+            _ = idle => {
+                let idle = idle_exit.unwrap_or_default();
+                tracing::info!(idle_seconds = idle.as_secs_f64(), "no AMI traffic: exiting");
+                return Ok(());
+            }
+            _ = tick.tick(), if emit != Emit::Events => {
+                if let Some((ts, at)) = pbx_clock {
+                    let elapsed = i64::try_from(at.elapsed().as_micros()).unwrap_or(i64::MAX);
+                    tracker.tick(Micros(ts.0.saturating_add(elapsed)), &mut outputs);
+                    write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
+                    out.flush()?;
+                }
+                continue;
+            }
+        };
+        last_traffic = Instant::now();
+        if let Some(SourceEvent::Message(m)) = &next {
+            if let Some(ts) = m.get("Timestamp").and_then(Micros::parse_epoch) {
+                pbx_clock = Some((ts, Instant::now()));
+            }
+        }
         match next {
             None => return Ok(()),
             Some(SourceEvent::Message(m)) if emit == Emit::Events => {

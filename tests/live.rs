@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::pbx::bridge::{json_lines, terminate, wait_exit, BridgeRig, RigOptions};
-use support::pbx::driver::{CallPlan, Driver, HangupBy, Placed, Pstn, Queue, Transfer, TransferKind};
+use support::pbx::driver::{
+    CallPlan, Driver, HangupBy, Placed, Pstn, Queue, Transfer, TransferKind,
+};
 use support::pbx::proxy::{CutMode, Proxy};
 use support::pbx::Pbx;
 
@@ -97,9 +99,7 @@ async fn busy_hour_every_call_right_and_in_zoho_once() {
     wait_bridge_login(&driver, 0).await;
 
     let schedule = busy_hour();
-    let placed = driver
-        .run(&schedule, 10, Duration::from_secs(150))
-        .await;
+    let placed = driver.run(&schedule, 10, Duration::from_secs(150)).await;
     let expected: Vec<_> = placed.iter().map(|p| p.expected.clone()).collect();
     let delivered = rig
         .wait_records(expected.len(), Duration::from_secs(60))
@@ -125,7 +125,11 @@ async fn busy_hour_every_call_right_and_in_zoho_once() {
         .expect("the recorded call");
     let wav = pbx.recordings().join(format!("{}.wav", recorded.id));
     let size = std::fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 44, "MixMonitor wrote {} ({size} bytes)", wav.display());
+    assert!(
+        size > 44,
+        "MixMonitor wrote {} ({size} bytes)",
+        wav.display()
+    );
 }
 
 /// `watch` keeps reading across `core restart now`: a call before the restart and one after
@@ -166,7 +170,10 @@ async fn watch_survives_an_asterisk_core_restart() {
                 if let Some(c) = watched(&linkedid) {
                     return c;
                 }
-                assert!(Instant::now() < until, "watch never printed call {linkedid}");
+                assert!(
+                    Instant::now() < until,
+                    "watch never printed call {linkedid}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -181,9 +188,15 @@ async fn watch_survives_an_asterisk_core_restart() {
     };
 
     let before = driver
-        .place(&CallPlan::outbound("2001", "0612345678", Pstn::answer(1.0, 2.0)))
+        .place(&CallPlan::outbound(
+            "2001",
+            "0612345678",
+            Pstn::answer(1.0, 2.0),
+        ))
         .await;
-    driver.wait_ended(&before.linkedid, Duration::from_secs(20)).await;
+    driver
+        .wait_ended(&before.linkedid, Duration::from_secs(20))
+        .await;
     check(&wait_watched(before.linkedid.clone()).await, &before);
 
     // A call still talking when the PBX restarts: what watch makes of it is reported, not
@@ -217,7 +230,9 @@ async fn watch_survives_an_asterisk_core_restart() {
     let after = driver
         .place(&CallPlan::internal("2002", "1009", 1.0, 2.0))
         .await;
-    driver.wait_ended(&after.linkedid, Duration::from_secs(20)).await;
+    driver
+        .wait_ended(&after.linkedid, Duration::from_secs(20))
+        .await;
     check(&wait_watched(after.linkedid.clone()).await, &after);
     tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!(
@@ -267,13 +282,23 @@ async fn login_refused_then_accepted() {
     wait_bridge_login(&driver, mark).await;
 
     let call = driver
-        .place(&CallPlan::outbound("2001", "0612345678", Pstn::answer(1.0, 2.0)))
+        .place(&CallPlan::outbound(
+            "2001",
+            "0612345678",
+            Pstn::answer(1.0, 2.0),
+        ))
         .await;
-    driver.wait_ended(&call.linkedid, Duration::from_secs(20)).await;
+    driver
+        .wait_ended(&call.linkedid, Duration::from_secs(20))
+        .await;
     let delivered = rig.wait_records(1, Duration::from_secs(30)).await;
     terminate(&mut bridge);
     let report = rig.check(&[call.expected.clone()]);
-    assert!(delivered && report.all_right(), "{report}\n{}", rig.log_tail());
+    assert!(
+        delivered && report.all_right(),
+        "{report}\n{}",
+        rig.log_tail()
+    );
     let log = rig.log();
     assert!(
         !log.contains(&wrong),
@@ -330,9 +355,7 @@ async fn busy_hour_with(at: f64, mishap: Mishap) {
             }
         })
     };
-    let placed = driver
-        .run(&busy_hour(), 10, Duration::from_secs(180))
-        .await;
+    let placed = driver.run(&busy_hour(), 10, Duration::from_secs(180)).await;
     let _proxy = mishap_task.await.expect("mishap");
     let expected: Vec<_> = placed.iter().map(|p| p.expected.clone()).collect();
     let rig = rig.lock().await;

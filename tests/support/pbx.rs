@@ -67,7 +67,9 @@ pub fn asterisk_prefix() -> PathBuf {
         return PathBuf::from(p);
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(format!(".cache/ami-zoho-bridge/asterisk-{ASTERISK_VERSION}"))
+    PathBuf::from(home).join(format!(
+        ".cache/ami-zoho-bridge/asterisk-{ASTERISK_VERSION}"
+    ))
 }
 
 /// The shared folder (`asterisk/build.sh` and the source): `AZB_SHARED_DIR`, else `../shared`

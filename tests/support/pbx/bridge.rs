@@ -78,8 +78,9 @@ impl BridgeRig {
 
     /// (Re)writes the configuration: the lab's bridge.toml plus this rig's PBX, store, Zoho.
     pub fn write_config(&self, port: u16, secret: &str) {
-        let text = std::fs::read_to_string(crate::support::root().join("fixtures/ami-real/bridge.toml"))
-            .expect("fixtures/ami-real/bridge.toml");
+        let text =
+            std::fs::read_to_string(crate::support::root().join("fixtures/ami-real/bridge.toml"))
+                .expect("fixtures/ami-real/bridge.toml");
         let mut doc: toml::Table = text.parse().expect("bridge.toml is TOML");
         let url = self.sim.url("eu");
         let zoho = doc["zoho"].as_table_mut().expect("[zoho]");
@@ -136,7 +137,15 @@ listen = ""
         let cfg = self.config.clone();
         let out = tokio::task::spawn_blocking(move || {
             crate::support::bridge()
-                .args(["zoho", "authorize", "--account", "main", "--code", &code, "--config"])
+                .args([
+                    "zoho",
+                    "authorize",
+                    "--account",
+                    "main",
+                    "--code",
+                    &code,
+                    "--config",
+                ])
                 .arg(&cfg)
                 .env("ZOHO_CLIENT_SECRET", CLIENT_SECRET)
                 .output()
@@ -233,7 +242,10 @@ listen = ""
                 ("Callee", e.callee.clone()),
                 ("Queue", e.queue.clone().unwrap_or_else(|| "-".into())),
                 ("Agent", e.agent.clone().unwrap_or_else(|| "-".into())),
-                ("Route", e.outbound_route.clone().unwrap_or_else(|| "-".into())),
+                (
+                    "Route",
+                    e.outbound_route.clone().unwrap_or_else(|| "-".into()),
+                ),
             ];
             let wrong: Vec<String> = want
                 .iter()

@@ -77,10 +77,13 @@ impl Driver {
         let (read, write) = sock.into_split();
         let mut reader = BufReader::new(read);
         let mut banner = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut banner))
-            .await
-            .map_err(|_| "no banner".to_string())?
-            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            reader.read_until(b'\n', &mut banner),
+        )
+        .await
+        .map_err(|_| "no banner".to_string())?
+        .map_err(|e| e.to_string())?;
         if !banner.starts_with(b"Asterisk Call Manager/") {
             return Err(format!(
                 "not an AMI banner: {:?}",
@@ -100,11 +103,7 @@ impl Driver {
             id_epoch,
         };
         let r = driver
-            .action(&[
-                ("Action", "Login"),
-                ("Username", user),
-                ("Secret", secret),
-            ])
+            .action(&[("Action", "Login"), ("Username", user), ("Secret", secret)])
             .await?;
         if r.get("Response") != Some("Success") {
             return Err(format!("login refused: {:?}", r.get("Message")));
@@ -549,11 +548,16 @@ pub struct Transfer {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Pstn {
     /// Rings `ring` s, answers, talks `talk` s (unless the agent hangs up first).
-    Answer { ring: f64, talk: f64 },
+    Answer {
+        ring: f64,
+        talk: f64,
+    },
     Busy,
     Congestion,
     /// Rings until the route's Dial timeout (`dial_timeout` s).
-    NoAnswer { dial_timeout: u32 },
+    NoAnswer {
+        dial_timeout: u32,
+    },
     /// Rejects before answering (cause 21).
     Reject,
 }
@@ -644,7 +648,11 @@ impl CallPlan {
 
     /// An inbound call nobody answers; the caller hangs up after `patience` s (`None`: the
     /// queue times out first).
-    pub fn inbound_unanswered(queue: Queue, caller: (&str, &str), patience: Option<f64>) -> CallPlan {
+    pub fn inbound_unanswered(
+        queue: Queue,
+        caller: (&str, &str),
+        patience: Option<f64>,
+    ) -> CallPlan {
         CallPlan::Inbound {
             queue,
             caller_num: caller.0.into(),
@@ -859,10 +867,7 @@ impl CallPlan {
                 talk,
                 hangup_by,
             } => {
-                let mut vars = vec![
-                    ("LAB_ANSWER", target.clone()),
-                    ("LAB_RING", secs(*ring)),
-                ];
+                let mut vars = vec![("LAB_ANSWER", target.clone()), ("LAB_RING", secs(*ring))];
                 let wait = match hangup_by {
                     HangupBy::Callee => {
                         vars.push(("LAB_TALK", secs(*talk)));

@@ -329,6 +329,7 @@ async fn busy_hour_with(at: f64, mishap: Mishap) {
     let bridge = Arc::new(std::sync::Mutex::new(rig.lock().await.spawn()));
     wait_bridge_login(&driver, 0).await;
 
+    let mishap_epoch = support::pbx::driver::epoch_now() + at;
     let mishap_task = {
         let rig = rig.clone();
         let bridge = bridge.clone();
@@ -364,6 +365,45 @@ async fn busy_hour_with(at: f64, mishap: Mishap) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     terminate(&mut bridge.lock().unwrap_or_else(|e| e.into_inner()));
     let report = rig.check(&expected);
+    // Where each call stood relative to the gap (from the mishap to the bridge's next login
+    // the PBX saw), and how the bridge did on each group.
+    let back = driver
+        .logins("bridge")
+        .into_iter()
+        .find(|t| *t > mishap_epoch)
+        .unwrap_or(f64::INFINITY);
+    let mut groups: std::collections::BTreeMap<&str, [usize; 4]> = Default::default();
+    for p in &placed {
+        let ended = driver.ended_epoch(&p.linkedid).unwrap_or(f64::INFINITY);
+        let group = if ended < mishap_epoch {
+            "1 ended before the gap"
+        } else if p.placed_epoch > back {
+            "4 placed after the gap"
+        } else if p.placed_epoch >= mishap_epoch && ended <= back {
+            "3 wholly inside the gap"
+        } else {
+            "2 spanning the gap"
+        };
+        let one = rig.check(std::slice::from_ref(&p.expected));
+        let slot = if !one.lost.is_empty() {
+            2
+        } else if !one.wrong.is_empty() {
+            1
+        } else if !one.doubled.is_empty() {
+            3
+        } else {
+            0
+        };
+        groups.entry(group).or_default()[slot] += 1;
+    }
+    eprintln!(
+        "gap: {:.1} s (bridge back {:.1} s after the mishap)",
+        back - mishap_epoch,
+        back - mishap_epoch
+    );
+    for (g, [right, wrong, lost, doubled]) in &groups {
+        eprintln!("  {g}: right {right}, wrong {wrong}, lost {lost}, doubled {doubled}");
+    }
     eprintln!("{report}");
     report.assert_all_right();
 }

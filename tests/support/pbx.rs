@@ -115,7 +115,16 @@ fn find_or_build() -> Result<PathBuf, String> {
                 "building Asterisk {ASTERISK_VERSION} into {} (once per machine, 1-3 minutes)",
                 prefix.display()
             );
-            match Command::new("bash")
+            // In a session of its own: without a terminal, a `sudo` in the script fails at
+            // once instead of waiting for a password on the tester's terminal.
+            let mut build = if Path::new("/usr/bin/setsid").exists() {
+                let mut c = Command::new("/usr/bin/setsid");
+                c.arg("bash");
+                c
+            } else {
+                Command::new("bash")
+            };
+            match build
                 .arg(&script)
                 .arg(&prefix)
                 .stdin(Stdio::null())

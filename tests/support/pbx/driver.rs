@@ -203,7 +203,10 @@ impl Driver {
     }
 
     fn ids(&self) -> (String, String) {
-        let n = self.next.fetch_add(2, Ordering::Relaxed) + 900_000;
+        // One counter for every driver of the process: a second session on the same PBX (after
+        // a restart, say) never hands out an id twice.
+        static CALLS: AtomicU64 = AtomicU64::new(900_000);
+        let n = CALLS.fetch_add(2, Ordering::Relaxed);
         (
             format!("{}.{}", self.id_epoch, n),
             format!("{}.{}", self.id_epoch, n + 1),
@@ -244,6 +247,7 @@ impl Driver {
             id,
             linkedid: uid1.clone(),
             placed_at: Instant::now(),
+            placed_epoch: epoch_now(),
             expected: plan.expected(&uid1),
         }
     }
@@ -265,6 +269,27 @@ impl Driver {
             }
         }
         seen && live <= 0
+    }
+
+    /// The `Timestamp` of the call's last Hangup, once it ended.
+    pub fn ended_epoch(&self, linkedid: &str) -> Option<f64> {
+        if !self.ended(linkedid) {
+            return None;
+        }
+        let ev = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        ev.iter()
+            .filter(|m| m.is("Hangup") && m.get("Linkedid") == Some(linkedid))
+            .filter_map(|m| m.get("Timestamp").and_then(|t| t.parse::<f64>().ok()))
+            .reduce(f64::max)
+    }
+
+    /// The `Timestamp`s of every login of AMI user `user` seen so far.
+    pub fn logins(&self, user: &str) -> Vec<f64> {
+        let ev = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        ev.iter()
+            .filter(|m| m.is("SuccessfulAuth") && m.get("AccountID") == Some(user))
+            .filter_map(|m| m.get("Timestamp").and_then(|t| t.parse::<f64>().ok()))
+            .collect()
     }
 
     /// Waits until the call ended (every channel hung up); panics after `timeout`.
@@ -453,7 +478,17 @@ pub struct Placed {
     pub id: String,
     pub linkedid: String,
     pub placed_at: Instant,
+    /// When it was placed, in seconds since the epoch (the PBX's clock is the host's here).
+    pub placed_epoch: f64,
     pub expected: Expected,
+}
+
+/// Seconds since the epoch, now.
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// What the bridge must report for a call: the plan's truth, never the bridge's output.

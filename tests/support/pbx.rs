@@ -28,23 +28,32 @@
 //! A new live test is a few lines. Click-to-dial against a real `Originate`, for example:
 //!
 //! ```ignore
-//! let Some(pbx) = pbx::Pbx::start().await else { return };       // SKIPPED without Asterisk
-//! let driver = pbx.driver().await;
-//! let rig = pbx::bridge::BridgeRig::start(&pbx, pbx.ami_port(), Default::default()).await;
-//! let bridge = rig.spawn();
-//! driver.wait_logged_in("bridge", Duration::from_secs(20)).await;
-//! // ... ask the bridge to dial; then check Asterisk really did, on the driver's session:
-//! let (_, ev) = driver.wait_event(0, Duration::from_secs(10), |m| m.is("OriginateResponse")).await.unwrap();
+//! use support::pbx::{bridge::{BridgeRig, RigOptions}, driver::{CallPlan, Pstn}, Pbx};
+//! let Some(pbx) = Pbx::start().await else { return };   // prints SKIPPED without Asterisk
+//! let driver = pbx.driver().await;                       // the harness's own AMI session
+//! let mut rig = BridgeRig::start(&pbx, pbx.ami_port(), RigOptions::default()).await;
+//! let mut bridge = rig.spawn();                          // `ami-zoho-bridge run`
+//! driver.wait_logged_in("bridge", 0, Duration::from_secs(30)).await;
+//! // ... ask the bridge to dial, then check on the driver's session that Asterisk did:
+//! let (_, resp) = driver
+//!     .wait_event(0, Duration::from_secs(40), |m| m.is("OriginateResponse"))
+//!     .await
+//!     .expect("an Originate reached the PBX");
 //! // Or place a call as a person would and check what the bridge made of it:
-//! let call = driver.place(&pbx::driver::CallPlan::outbound("2001", "0612345678", pbx::driver::Pstn::answer(2, 3))).await;
+//! let plan = CallPlan::outbound("2001", "0612345678", Pstn::answer(2.0, 3.0));
+//! let call = driver.place(&plan).await;
 //! driver.wait_ended(&call.linkedid, Duration::from_secs(30)).await;
-//! rig.wait_records(1, Duration::from_secs(30)).await;
+//! assert!(rig.wait_records(1, Duration::from_secs(30)).await);
 //! rig.check(&[call.expected]).assert_all_right();
+//! support::pbx::bridge::terminate(&mut bridge);
 //! ```
 //!
-//! Resync against a real `CoreShowChannels`: place a long call, `proxy.cut_for(..)` the bridge's
-//! session while it talks, and compare. Recordings: `CallPlan::record()` makes the PBX write a
-//! real MixMonitor file to `pbx.recordings().join(format!("{id}.wav"))`.
+//! Resync against a real `CoreShowChannels`: put a [`proxy::Proxy`] between the rig and the
+//! PBX (`BridgeRig::start(&pbx, proxy.port, ..)`), place a long call, `proxy.cut_for(..)` while
+//! it talks, and compare (`busy_hour_with` in `tests/live.rs` does this for a whole busy hour).
+//! Recordings: `CallPlan::record()` makes the PBX write a real MixMonitor file to
+//! `pbx.recordings().join(format!("{}.wav", placed.id))`. A schedule of many calls with at most
+//! N up at once, transfers included: `Arc::new(driver).run(&schedule, N, timeout)`.
 
 pub mod bridge;
 pub mod driver;

@@ -258,7 +258,7 @@ listen = ""
                 report.wrong.push((e.clone(), wrong));
             }
         }
-        report.unexpected = records.into_iter().flat_map(|(_, v)| v).collect();
+        report.unexpected = records.into_values().flatten().collect();
         report
     }
 }

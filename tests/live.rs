@@ -225,7 +225,9 @@ async fn watch_survives_an_asterisk_core_restart() {
         "watch exited at the restart"
     );
     let driver = pbx.driver().await;
-    wait_bridge_login(&driver, 0).await;
+    // watch may have logged in again before this driver did: ask the PBX.
+    pbx.wait_ami_session("bridge", Duration::from_secs(30))
+        .await;
 
     let after = driver
         .place(&CallPlan::internal("2002", "1009", 1.0, 2.0))

@@ -419,6 +419,26 @@ impl Pbx {
         }
     }
 
+    /// How many AMI sessions of `user` are logged in now (`manager show connected`).
+    pub fn ami_sessions(&self, user: &str) -> usize {
+        self.cli("manager show connected")
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(user))
+            .count()
+    }
+
+    /// Waits until `user` has an AMI session (whenever it logged in); panics after `timeout`.
+    pub async fn wait_ami_session(&self, user: &str, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.ami_sessions(user) == 0 {
+            assert!(
+                Instant::now() < until,
+                "no AMI session of {user} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `core restart now`: calls are torn down, every AMI session ends, the same process
     /// starts again. Returns when the AMI answers again.
     pub async fn restart_now(&mut self) {

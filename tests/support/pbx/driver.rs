@@ -58,6 +58,7 @@ struct Shared {
 /// An AMI session of the harness. Cheap to share behind an `Arc`.
 pub struct Driver {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    reader: tokio::task::JoinHandle<()>,
     shared: Arc<Shared>,
     next: AtomicU64,
     /// Uniqueids the driver gives to its calls: `<id_epoch>.<n>`, shaped like Asterisk's own.
@@ -91,13 +92,14 @@ impl Driver {
             ));
         }
         let shared = Arc::new(Shared::default());
-        tokio::spawn(read_loop(reader, shared.clone()));
+        let reader = tokio::spawn(read_loop(reader, shared.clone()));
         let id_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let driver = Driver {
             writer: tokio::sync::Mutex::new(write),
+            reader,
             shared,
             next: AtomicU64::new(1),
             id_epoch,
@@ -409,6 +411,13 @@ impl Driver {
             start.elapsed().as_secs_f64()
         );
         placed
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The session ends with its owner: no reader left buffering a PBX's events.
+        self.reader.abort();
     }
 }
 

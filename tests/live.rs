@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::pbx::bridge::{json_lines, terminate, wait_exit, BridgeRig, RigOptions};
-use support::pbx::driver::{
-    CallPlan, Driver, HangupBy, Placed, Pstn, Queue, Transfer, TransferKind,
-};
+use support::pbx::driver::{Driver, Placed};
+use support::pbx::plan::{CallPlan, HangupBy, Pstn, Queue, Transfer, TransferKind};
 use support::pbx::proxy::{CutMode, Proxy};
 use support::pbx::Pbx;
 

@@ -11,10 +11,10 @@
 //!   folder) it prints `SKIPPED: …` and returns `None`, like [`super::pg_url`]; with
 //!   `AZB_REQUIRE_ASTERISK=1` (CI) that is a failure instead.
 //! * [`driver::Driver`] is the harness's own AMI session (user `driver`): it places calls the way
-//!   people make them happen ([`driver::CallPlan`]: inbound through `from-trunk` into a queue,
+//!   people make them happen ([`plan::CallPlan`]: inbound through `from-trunk` into a queue,
 //!   agents that answer after N seconds or never, outbound through the routes to a fake PSTN
 //!   that answers, is busy, congested or never answers, internal calls, blind and attended
-//!   transfers, MixMonitor recordings) and says what it asked for ([`driver::Expected`]), so a
+//!   transfers, MixMonitor recordings) and says what it asked for ([`plan::Expected`]), so a
 //!   test states its truth without reading the bridge's output.
 //! * [`proxy::Proxy`] sits between the bridge and Asterisk and cuts the bridge's session for N
 //!   seconds (what happens meanwhile is lost, as in a real network blip).
@@ -28,7 +28,7 @@
 //! A new live test is a few lines. Click-to-dial against a real `Originate`, for example:
 //!
 //! ```ignore
-//! use support::pbx::{bridge::{BridgeRig, RigOptions}, driver::{CallPlan, Pstn}, Pbx};
+//! use support::pbx::{bridge::{BridgeRig, RigOptions}, plan::{CallPlan, Pstn}, Pbx};
 //! let Some(pbx) = Pbx::start().await else { return };   // prints SKIPPED without Asterisk
 //! let driver = pbx.driver().await;                       // the harness's own AMI session
 //! let mut rig = BridgeRig::start(&pbx, pbx.ami_port(), RigOptions::default()).await;
@@ -57,6 +57,7 @@
 
 pub mod bridge;
 pub mod driver;
+pub mod plan;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};

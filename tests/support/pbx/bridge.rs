@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ami_zoho_bridge::zoho::sim::{self, SimClient, SimHandle, SimLimits, BRIDGE_SCOPES};
 use serde_json::Value;
 
-use super::driver::Expected;
+use super::plan::Expected;
 
 const CLIENT_ID: &str = "1000.LABCLIENT";
 const CLIENT_SECRET: &str = "lab-client-secret";

@@ -617,12 +617,17 @@ async fn watch(
                 return Ok(());
             }
             _ = tick.tick(), if emit != Emit::Events => {
-                if let Some((ts, at)) = pbx_clock {
-                    let elapsed = i64::try_from(at.elapsed().as_micros()).unwrap_or(i64::MAX);
-                    tracker.tick(Micros(ts.0.saturating_add(elapsed)), &mut outputs);
-                    write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
-                    out.flush()?;
-                }
+                let now = match pbx_clock {
+                    Some((ts, at)) => {
+                        let elapsed = i64::try_from(at.elapsed().as_micros()).unwrap_or(i64::MAX);
+                        Micros(ts.0.saturating_add(elapsed))
+                    }
+                    // Without `timestampevents` the tracker runs on arrival times.
+                    None => Micros(jiff::Timestamp::now().as_microsecond()),
+                };
+                tracker.tick(now, &mut outputs);
+                write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
+                out.flush()?;
                 continue;
             }
         };

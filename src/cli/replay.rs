@@ -90,17 +90,33 @@ pub(crate) async fn watch(
     let mut outputs = Vec::new();
     // PBX time for what has no Timestamp: wall time plus the offset the stream shows.
     let mut clock = ami_zoho_bridge::daemon::StreamClock::default();
+    // A call is finished a grace period after its last hang-up: on a quiet PBX no event comes
+    // to say so, so the tracker is ticked on the PBX's clock, as the daemon does.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_traffic = tokio::time::Instant::now();
     loop {
-        let next = match idle_exit {
-            Some(idle) => match tokio::time::timeout(idle, events.recv()).await {
-                Ok(e) => e,
-                Err(_) => {
-                    tracing::info!(idle_seconds = idle.as_secs_f64(), "no AMI traffic: exiting");
-                    return Ok(());
-                }
-            },
-            None => events.recv().await,
+        let idle = async {
+            match idle_exit {
+                Some(idle) => tokio::time::sleep_until(last_traffic + idle).await,
+                None => std::future::pending().await,
+            }
         };
+        let next = tokio::select! {
+            e = events.recv() => e,
+            _ = idle => {
+                let idle = idle_exit.unwrap_or_default();
+                tracing::info!(idle_seconds = idle.as_secs_f64(), "no AMI traffic: exiting");
+                return Ok(());
+            }
+            _ = tick.tick(), if emit != Emit::Events && clock.is_known() => {
+                tracker.tick(clock.now(), &mut outputs);
+                write_outputs(&mut out, &mut outputs, renderer.as_ref())?;
+                out.flush()?;
+                continue;
+            }
+        };
+        last_traffic = tokio::time::Instant::now();
         match next {
             None => return Ok(()),
             Some(SourceEvent::Message(m)) if emit == Emit::Events => {

@@ -37,6 +37,15 @@ impl StreamClock {
     pub fn observe(&mut self, m: &Message) {
         if let Some(ts) = m.get("Timestamp").and_then(Micros::parse_epoch) {
             self.offset = Some(ts.0 - now_micros());
+        } else if self.offset.is_none()
+            && m.get("Privilege").is_some()
+            && m.event().is_some_and(|e| e != b"FullyBooted")
+        {
+            // An event the PBX classed (it has `Privilege:`) without a `Timestamp:`: the PBX
+            // runs without `timestampevents`, so its own time will never be known and the
+            // arrival time is the only estimate there is (FullyBooted, which never carries
+            // one, and list items, which have no Privilege, say nothing about that).
+            self.offset = Some(0);
         }
     }
 

@@ -1,0 +1,676 @@
+//! Click-to-dial and call control: one service every click source goes through (Zoho
+//! PhoneBridge's callback in [`http`], the agent page, the `dial` command).
+//!
+//! A click passes the guard rails of [`guard`] (a known agent, a number that normalises to
+//! E.164 and passes allow / deny / premium-rate, the per-agent and global rate limits), then
+//! becomes exactly one AMI `Originate` (`Async: true`): the agent's phone rings first, and
+//! once it answers the PBX dials the number in the configured context. Every click leaves
+//! one audit line (`target: "azb::audit"`) with who, what number and the result, and its
+//! outcome a second one; `/metrics` counts both.
+//!
+//! The outcome is read from the AMI stream by [`book`]: the daemon (or the `dial` command)
+//! hands every message to [`DialService::observe`]. Failures (the agent's phone not answered
+//! or busy, the far end busy or not answering, the PBX refusing) go to a
+//! [`ClickReporter`](report::ClickReporter), which for Zoho posts `clicktodialerror`.
+//! Nothing is ever retried on its own: a second ring is the agent's call.
+//!
+//! The call this creates carries the channel variable `[click_to_dial] variable` (`CTD_ID`)
+//! with the click id; the tracker reads its `VarSet` to link the call to the click
+//! ([`DialService::click_info`]: agent, number, Zoho user and record).
+
+pub mod book;
+pub mod config;
+pub mod guard;
+pub mod http;
+pub mod report;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::ami::originate::{self, ActionSink, Originate};
+use crate::ami::{Kind, Message};
+use book::{Click, ClickBook, Outcome, Phase, Update};
+use config::{ClickToDialConfig, OriginateConfig};
+use guard::{AgentDirectory, NumberRefusal, NumberRules, RateLimiter, RateRefusal};
+use report::{ClickErrorCode, ClickReport, ClickReporter};
+
+/// Where a click came from (audit lines and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClickSource {
+    PhoneBridge,
+    AgentPage,
+    Cli,
+}
+
+impl ClickSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClickSource::PhoneBridge => "phonebridge",
+            ClickSource::AgentPage => "agent_page",
+            ClickSource::Cli => "cli",
+        }
+    }
+}
+
+/// One click.
+#[derive(Debug, Clone)]
+pub struct ClickRequest {
+    pub source: ClickSource,
+    pub agent_email: String,
+    pub zohouser: Option<String>,
+    /// As given: the service normalises it.
+    pub number: String,
+    /// The Zoho record clicked (`Contacts/4150868000000224005`), when known.
+    pub record: Option<String>,
+}
+
+/// Why a click was refused before (or instead of) reaching the PBX.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown agent '{0}': not in [agents] or [click_to_dial] extensions")]
+    UnknownAgent(String),
+    #[error("{0}")]
+    Number(#[from] NumberRefusal),
+    #[error("{0}")]
+    RateLimited(#[from] RateRefusal),
+    #[error("the PBX did not take the Originate: {0}")]
+    Pbx(String),
+    #[error("too many clicks in flight")]
+    Busy,
+}
+
+impl Refusal {
+    /// The one word of audit lines and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::UnknownAgent(_) => "unknown_agent",
+            Refusal::Number(NumberRefusal::Invalid(_)) => "invalid_number",
+            Refusal::Number(_) => "blocked_number",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Pbx(_) => "pbx_error",
+            Refusal::Busy => "overloaded",
+        }
+    }
+
+    /// The PhoneBridge code, when the refusal is reported at all.
+    pub fn code(&self) -> Option<ClickErrorCode> {
+        match self {
+            Refusal::UnknownAgent(_) => None,
+            Refusal::Number(NumberRefusal::Invalid(_)) => Some(ClickErrorCode::Invalid),
+            Refusal::Number(_) | Refusal::RateLimited(_) => Some(ClickErrorCode::Blocked),
+            Refusal::Pbx(_) | Refusal::Busy => Some(ClickErrorCode::NotAvailable),
+        }
+    }
+}
+
+/// Where a click stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The Originate is queued: the agent's phone rings.
+    Queued,
+    /// The agent answered; the number is being dialled.
+    AgentAnswered {
+        channel: String,
+    },
+    Done(Outcome),
+}
+
+/// A click the PBX took.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub click_id: String,
+    pub e164: String,
+    pub exten: String,
+    pub agent_extension: String,
+    pub progress: watch::Receiver<Progress>,
+}
+
+/// What the tracker and the notifier may learn of a click from its id (the `CTD_ID` value).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClickInfo {
+    pub click_id: String,
+    pub agent_email: String,
+    pub agent_extension: String,
+    pub zohouser: Option<String>,
+    pub e164: String,
+    pub record: Option<String>,
+    pub channel: Option<String>,
+    pub uniqueid: Option<String>,
+}
+
+/// One audit record (also logged).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Audit {
+    pub click_id: Option<String>,
+    pub source: Option<&'static str>,
+    pub agent: String,
+    pub number: String,
+    pub result: String,
+    pub reason: String,
+}
+
+/// A call-control request that cannot be carried out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("no click-to-dial call '{0}' (ended, or never ours)")]
+    NotFound(String),
+    #[error("call '{0}' belongs to another agent")]
+    NotYours(String),
+    #[error("call '{0}' has no channel yet")]
+    NoChannel(String),
+    #[error("the PBX refused: {0}")]
+    Pbx(String),
+}
+
+/// Call-control actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Hangup,
+    Mute,
+    Unmute,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Hangup => "hangup",
+            Control::Mute => "mute",
+            Control::Unmute => "unmute",
+        }
+    }
+}
+
+/// Everything the service needs, from the configuration.
+#[derive(Debug, Clone)]
+pub struct DialSettings {
+    pub click: ClickToDialConfig,
+    pub originate: OriginateConfig,
+    pub default_country: String,
+    pub agents: std::collections::BTreeMap<String, String>,
+}
+
+impl DialSettings {
+    /// From the whole configuration: `[click_to_dial]`, its `pbx` (or the first `[[pbx]]`),
+    /// `calls.default_country`, `[agents]`. Also says which PBX.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<(DialSettings, usize), String> {
+        let index = match &cfg.click_to_dial.pbx {
+            Some(name) => cfg
+                .pbx
+                .iter()
+                .position(|p| &p.name == name)
+                .ok_or_else(|| format!("key click_to_dial.pbx: no [[pbx]] named '{name}'"))?,
+            None if cfg.pbx.is_empty() => {
+                return Err("key pbx: no [[pbx]] section: no PBX to dial through".into())
+            }
+            None => 0,
+        };
+        Ok((
+            DialSettings {
+                click: cfg.click_to_dial.clone(),
+                originate: cfg.pbx[index].originate.clone(),
+                default_country: cfg.calls.default_country.clone(),
+                agents: cfg.agents.clone(),
+            },
+            index,
+        ))
+    }
+}
+
+const MAX_IN_FLIGHT: usize = 10_000;
+const MAX_AUDIT: usize = 1_000;
+/// How long after the agent's ring timeout the OriginateResponse may still come.
+const RESPONSE_GRACE: Duration = Duration::from_secs(15);
+
+/// The click-to-dial service. Cheap to clone.
+#[derive(Clone)]
+pub struct DialService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: DialSettings,
+    rules: NumberRules,
+    agents: AgentDirectory,
+    limiter: Mutex<RateLimiter>,
+    book: Mutex<ClickBook>,
+    progress: Mutex<HashMap<String, watch::Sender<Progress>>>,
+    audit: Mutex<VecDeque<Audit>>,
+    pbx: Arc<dyn ActionSink>,
+    reporter: Arc<dyn ClickReporter>,
+}
+
+impl DialService {
+    /// A service placing calls through `pbx`. Must run inside a tokio runtime (a timer
+    /// closes clicks the PBX never answers).
+    pub fn new(
+        settings: DialSettings,
+        pbx: Arc<dyn ActionSink>,
+        reporter: Arc<dyn ClickReporter>,
+    ) -> Result<DialService, String> {
+        let rules = NumberRules::new(&settings.click, &settings.default_country)?;
+        let agents = AgentDirectory::new(&settings.agents, &settings.click.extensions);
+        let now = Instant::now();
+        let inner = Arc::new(Inner {
+            limiter: Mutex::new(RateLimiter::new(
+                settings.click.per_agent_per_minute,
+                settings.click.global_per_minute,
+                now,
+            )),
+            book: Mutex::new(ClickBook::new(
+                &settings.click.variable,
+                Duration::from_secs_f64(settings.click.far_end_timeout_seconds),
+                MAX_IN_FLIGHT,
+            )),
+            progress: Mutex::new(HashMap::new()),
+            audit: Mutex::new(VecDeque::new()),
+            settings,
+            rules,
+            agents,
+            pbx,
+            reporter,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Ok(DialService { inner })
+    }
+
+    /// The agent's extension, if the bridge knows the agent.
+    pub fn agent_extension(&self, email: &str) -> Option<String> {
+        self.inner.agents.extension(email).map(str::to_string)
+    }
+
+    /// Runs the guard rails, then sends the one `Originate`. Refusals are audited, counted
+    /// and (except for an unknown agent) reported.
+    pub async fn click(&self, req: ClickRequest) -> Result<Accepted, Refusal> {
+        let inner = &self.inner;
+        let refuse = |refusal: Refusal, to: &str, ext: Option<&str>, id: Option<&str>| {
+            inner.record_audit(Audit {
+                click_id: id.map(str::to_string),
+                source: Some(req.source.as_str()),
+                agent: req.agent_email.clone(),
+                number: to.to_string(),
+                result: refusal.kind().into(),
+                reason: refusal.to_string(),
+            });
+            metrics::counter!("azb_clicks_total", "source" => req.source.as_str(), "result" => refusal.kind())
+                .increment(1);
+            if let (Some(code), Some(ext)) = (refusal.code(), ext) {
+                inner.reporter.report(ClickReport {
+                    click_id: id.map(str::to_string),
+                    zohouser: req.zohouser.clone(),
+                    agent_email: req.agent_email.clone(),
+                    from: ext.to_string(),
+                    to: to.to_string(),
+                    code,
+                    message: refusal.to_string(),
+                });
+            }
+            refusal
+        };
+        let shown = guard::printable(&req.number);
+        let Some(ext) = inner.agents.extension(&req.agent_email).map(str::to_string) else {
+            return Err(refuse(
+                Refusal::UnknownAgent(guard::printable(&req.agent_email)),
+                &shown,
+                None,
+                None,
+            ));
+        };
+        let dialable = match inner.rules.check(&req.number) {
+            Ok(d) => d,
+            Err(e) => {
+                let to = match &e {
+                    NumberRefusal::Invalid(_) => shown.clone(),
+                    NumberRefusal::Denied { e164, .. }
+                    | NumberRefusal::Premium { e164, .. }
+                    | NumberRefusal::NotAllowed { e164, .. } => e164.clone(),
+                };
+                return Err(refuse(e.into(), &to, Some(&ext), None));
+            }
+        };
+        let taken = inner
+            .limiter
+            .lock()
+            .map_err(|_| Refusal::Busy)
+            .and_then(|mut l| l.take(&ext, Instant::now()).map_err(Refusal::from));
+        if let Err(e) = taken {
+            return Err(refuse(e, &dialable.e164, Some(&ext), None));
+        }
+        let id = new_click_id();
+        let o = &inner.settings.originate;
+        let c = &inner.settings.click;
+        let mut variables = vec![(c.variable.clone(), id.clone())];
+        if let Some(cid) = &c.outbound_caller_id {
+            variables.push((c.outbound_caller_id_variable.clone(), cid.clone()));
+        }
+        for v in &o.originate_variables {
+            if let Some((name, value)) = v.split_once('=') {
+                variables.push((name.trim().to_string(), value.to_string()));
+            }
+        }
+        let originate = Originate {
+            channel: o.originate_channel.replace("{ext}", &ext),
+            context: o.originate_context.clone(),
+            exten: dialable.exten.clone(),
+            caller_id: ext.clone(),
+            timeout_ms: (o.originate_timeout_seconds * 1000.0) as u64,
+            variables,
+            action_id: id.clone(),
+        };
+        let action = match originate.action() {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(refuse(
+                    Refusal::Pbx(e.to_string()),
+                    &dialable.e164,
+                    Some(&ext),
+                    Some(&id),
+                ))
+            }
+        };
+        let (tx, rx) = watch::channel(Progress::Queued);
+        let deadline =
+            Instant::now() + Duration::from_secs_f64(o.originate_timeout_seconds) + RESPONSE_GRACE;
+        let inserted = inner
+            .book
+            .lock()
+            .map_err(|_| book::Full(0))
+            .and_then(|mut b| {
+                b.insert(Click {
+                    id: id.clone(),
+                    agent_email: req.agent_email.trim().to_ascii_lowercase(),
+                    agent_ext: ext.clone(),
+                    zohouser: req.zohouser.clone(),
+                    e164: dialable.e164.clone(),
+                    record: req.record.clone(),
+                    channel: None,
+                    uniqueid: None,
+                    phase: Phase::Queued,
+                    deadline,
+                })
+            });
+        if inserted.is_err() {
+            return Err(refuse(Refusal::Busy, &dialable.e164, Some(&ext), Some(&id)));
+        }
+        if let Ok(mut p) = inner.progress.lock() {
+            p.insert(id.clone(), tx);
+        }
+        let answer = inner.pbx.send_action(action).await;
+        let refused = match answer {
+            Ok(m) if is_success(&m) => None,
+            Ok(m) => Some(
+                m.get_str("Message")
+                    .map(|s| s.into_owned())
+                    .unwrap_or_else(|| "Response: Error".into()),
+            ),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            inner.forget(&id);
+            return Err(refuse(
+                Refusal::Pbx(why),
+                &dialable.e164,
+                Some(&ext),
+                Some(&id),
+            ));
+        }
+        inner.record_audit(Audit {
+            click_id: Some(id.clone()),
+            source: Some(req.source.as_str()),
+            agent: req.agent_email.clone(),
+            number: dialable.e164.clone(),
+            result: "originated".into(),
+            reason: format!(
+                "Originate queued: {} rings, then {} dials {}",
+                originate.channel, originate.context, originate.exten
+            ),
+        });
+        metrics::counter!("azb_clicks_total", "source" => req.source.as_str(), "result" => "originated")
+            .increment(1);
+        Ok(Accepted {
+            click_id: id,
+            e164: dialable.e164,
+            exten: dialable.exten,
+            agent_extension: ext,
+            progress: rx,
+        })
+    }
+
+    /// Feeds one message of the PBX's event stream (call it for every message, in order).
+    pub fn observe(&self, m: &Message) {
+        if !matches!(m.kind(), Kind::Event(e) if matches!(e, b"VarSet" | b"OriginateResponse" | b"DialEnd" | b"Hangup"))
+        {
+            return;
+        }
+        let mut out = Vec::new();
+        if let Ok(mut b) = self.inner.book.lock() {
+            b.on_message(m, Instant::now(), &mut out);
+        }
+        self.inner.apply(out);
+    }
+
+    /// The session to the PBX dropped: outcomes of clicks still waiting will never be seen.
+    pub fn session_lost(&self) {
+        let mut out = Vec::new();
+        if let Ok(mut b) = self.inner.book.lock() {
+            b.drain_unknown(
+                "the AMI session dropped before the outcome was known",
+                &mut out,
+            );
+        }
+        self.inner.apply(out);
+    }
+
+    /// What is known of a click by its id (the value of the `CTD_ID` channel variable).
+    pub fn click_info(&self, click_id: &str) -> Option<ClickInfo> {
+        let b = self.inner.book.lock().ok()?;
+        let c = b.get(click_id)?;
+        Some(ClickInfo {
+            click_id: c.id.clone(),
+            agent_email: c.agent_email.clone(),
+            agent_extension: c.agent_ext.clone(),
+            zohouser: c.zohouser.clone(),
+            e164: c.e164.clone(),
+            record: c.record.clone(),
+            channel: c.channel.clone(),
+            uniqueid: c.uniqueid.clone(),
+        })
+    }
+
+    /// Call control on a click-to-dial call: `callref` is the click id or the call's
+    /// Uniqueid / Linkedid; `agent_email`, when given, must be the agent who clicked. Only
+    /// the channel the click created is touched.
+    pub async fn control(
+        &self,
+        callref: &str,
+        agent_email: Option<&str>,
+        what: Control,
+    ) -> Result<String, ControlError> {
+        let shown = guard::printable(callref);
+        let (id, agent, channel) = {
+            let b = self
+                .inner
+                .book
+                .lock()
+                .map_err(|_| ControlError::NotFound(shown.clone()))?;
+            let c = b
+                .find(callref)
+                .ok_or_else(|| ControlError::NotFound(shown.clone()))?;
+            if let Some(a) = agent_email {
+                if !a.trim().eq_ignore_ascii_case(&c.agent_email) {
+                    return Err(ControlError::NotYours(shown));
+                }
+            }
+            let ch = c
+                .channel
+                .clone()
+                .ok_or_else(|| ControlError::NoChannel(shown.clone()))?;
+            (c.id.clone(), c.agent_email.clone(), ch)
+        };
+        let action_id = format!("{id}-{}", what.as_str());
+        let action = match what {
+            Control::Hangup => originate::hangup(&channel, &action_id),
+            Control::Mute => originate::mute(&channel, true, &action_id),
+            Control::Unmute => originate::mute(&channel, false, &action_id),
+        }
+        .map_err(|e| ControlError::Pbx(e.to_string()))?;
+        let result = match self.inner.pbx.send_action(action).await {
+            Ok(m) if is_success(&m) => Ok(channel.clone()),
+            Ok(m) => Err(ControlError::Pbx(
+                m.get_str("Message")
+                    .map(|s| s.into_owned())
+                    .unwrap_or_else(|| "Response: Error".into()),
+            )),
+            Err(e) => Err(ControlError::Pbx(e.to_string())),
+        };
+        let label = if result.is_ok() { "done" } else { "failed" };
+        self.inner.record_audit(Audit {
+            click_id: Some(id),
+            source: None,
+            agent,
+            number: String::new(),
+            result: format!("{}_{label}", what.as_str()),
+            reason: match &result {
+                Ok(ch) => format!("{} on {ch}", what.as_str()),
+                Err(e) => e.to_string(),
+            },
+        });
+        metrics::counter!("azb_call_control_total", "action" => what.as_str(), "result" => label)
+            .increment(1);
+        result
+    }
+
+    /// The latest audit records, oldest first (bounded).
+    pub fn audit(&self) -> Vec<Audit> {
+        self.inner
+            .audit
+            .lock()
+            .map(|a| a.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Clicks in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inner.book.lock().map(|b| b.len()).unwrap_or(0)
+    }
+}
+
+impl Inner {
+    fn record_audit(&self, a: Audit) {
+        tracing::info!(
+            target: "azb::audit",
+            click_id = a.click_id.as_deref().unwrap_or("-"),
+            source = a.source.unwrap_or("-"),
+            agent = %a.agent,
+            number = %a.number,
+            result = %a.result,
+            reason = %a.reason,
+            "click-to-dial"
+        );
+        if let Ok(mut q) = self.audit.lock() {
+            if q.len() >= MAX_AUDIT {
+                q.pop_front();
+            }
+            q.push_back(a);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut b) = self.book.lock() {
+            b.remove(id);
+        }
+        if let Ok(mut p) = self.progress.lock() {
+            p.remove(id);
+        }
+    }
+
+    fn apply(&self, updates: Vec<Update>) {
+        for u in updates {
+            match u {
+                Update::AgentAnswered { id, channel } => {
+                    if let Ok(p) = self.progress.lock() {
+                        if let Some(tx) = p.get(&id) {
+                            let _ = tx.send(Progress::AgentAnswered { channel });
+                        }
+                    }
+                }
+                Update::Finished { click, outcome } => self.finish(&click, outcome),
+            }
+        }
+    }
+
+    fn finish(&self, click: &Click, outcome: Outcome) {
+        // A connected click stays in the book (call control) until its channel hangs up;
+        // any other outcome has already left it.
+        if outcome == Outcome::Connected {
+            if let Ok(mut b) = self.book.lock() {
+                b.keep_connected(&click.id, Instant::now());
+            }
+        }
+        let pending = self
+            .progress
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&click.id));
+        let reason = match &outcome {
+            Outcome::Connected => "the far end answered".to_string(),
+            Outcome::Failed { code, reason } => format!("{code}: {reason}"),
+            Outcome::Cancelled { reason } | Outcome::Unknown { reason } => reason.clone(),
+        };
+        metrics::counter!("azb_click_outcomes_total", "outcome" => outcome.label()).increment(1);
+        self.record_audit(Audit {
+            click_id: Some(click.id.clone()),
+            source: None,
+            agent: click.agent_email.clone(),
+            number: click.e164.clone(),
+            result: outcome.label().into(),
+            reason,
+        });
+        if let Outcome::Failed { code, reason } = &outcome {
+            self.reporter.report(ClickReport {
+                click_id: Some(click.id.clone()),
+                zohouser: click.zohouser.clone(),
+                agent_email: click.agent_email.clone(),
+                from: click.agent_ext.clone(),
+                to: click.e164.clone(),
+                code: *code,
+                message: reason.clone(),
+            });
+        }
+        if let Some(tx) = pending {
+            let _ = tx.send(Progress::Done(outcome));
+        }
+    }
+}
+
+fn is_success(m: &Message) -> bool {
+    matches!(m.kind(), Kind::Response(r) if r.eq_ignore_ascii_case(b"Success"))
+}
+
+/// `c2d-` and 16 random hex digits: unguessable, so a call-control request cannot name
+/// someone else's call by counting.
+fn new_click_id() -> String {
+    let n: u64 = rand::rng().random();
+    format!("c2d-{n:016x}")
+}
+
+/// Closes overdue clicks once a second, for as long as the service exists.
+async fn sweep(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut out = Vec::new();
+        if let Ok(mut b) = inner.book.lock() {
+            b.tick(Instant::now(), &mut out);
+        }
+        inner.apply(out);
+    }
+}

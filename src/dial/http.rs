@@ -148,13 +148,14 @@ impl App {
             Some(email) => Ok((user.to_string(), email)),
             None => {
                 let shown = super::guard::printable(user);
-                tracing::info!(
-                    target: "azb::audit",
-                    zohouser = %shown,
-                    result = "unknown_user",
-                    "click-to-dial: Zoho user not known to the bridge"
+                let number = params.get(&["tonumber", "to", "number"]).unwrap_or("");
+                self.dial.refuse_request(
+                    ClickSource::PhoneBridge,
+                    &format!("zohouser:{user}"),
+                    number,
+                    "unknown_user",
+                    "the Zoho user is not an agent of this bridge",
                 );
-                metrics::counter!("azb_clicks_total", "source" => "phonebridge", "result" => "unknown_user").increment(1);
                 Err(error(
                     StatusCode::FORBIDDEN,
                     "unknown_user",
@@ -173,14 +174,16 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn unauthorised() -> Response {
-    tracing::warn!(
-        target: "azb::audit",
-        result = "unauthorized",
-        "click-to-dial: request without the right authorization secret"
+fn unauthorised(app: &App, params: &Params) -> Response {
+    let user = params.get(&["zohouser", "userid", "user_id"]).unwrap_or("");
+    let number = params.get(&["tonumber", "to", "number"]).unwrap_or("");
+    app.dial.refuse_request(
+        ClickSource::PhoneBridge,
+        &format!("zohouser:{user}"),
+        number,
+        "unauthorized",
+        "missing or wrong authorization secret",
     );
-    metrics::counter!("azb_clicks_total", "source" => "phonebridge", "result" => "unauthorized")
-        .increment(1);
     error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
@@ -196,7 +199,7 @@ async fn click(
 ) -> Response {
     let params = Params::read(query.as_deref(), &headers, &body);
     if !app.authorised(&headers, &params) {
-        return unauthorised();
+        return unauthorised(&app, &params);
     }
     let (zohouser, email) = match app.agent(&params) {
         Ok(a) => a,
@@ -284,7 +287,7 @@ async fn control(
     };
     let params = Params::read(query.as_deref(), &headers, &body);
     if !app.authorised(&headers, &params) {
-        return unauthorised();
+        return unauthorised(&app, &params);
     }
     let (_, email) = match app.agent(&params) {
         Ok(a) => a,

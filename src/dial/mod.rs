@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use crate::ami::originate::{self, ActionSink, Originate};
 use crate::ami::{Kind, Message};
@@ -111,8 +111,6 @@ impl Refusal {
 /// Where a click stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
-    /// The Originate is queued: the agent's phone rings.
-    Queued,
     /// The agent answered; the number is being dialled.
     AgentAnswered {
         channel: String,
@@ -121,13 +119,14 @@ pub enum Progress {
 }
 
 /// A click the PBX took.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Accepted {
     pub click_id: String,
     pub e164: String,
     pub exten: String,
     pub agent_extension: String,
-    pub progress: watch::Receiver<Progress>,
+    /// Every step, in order (`AgentAnswered`, then `Done`); closed after `Done`.
+    pub progress: mpsc::Receiver<Progress>,
 }
 
 /// What the tracker and the notifier may learn of a click from its id (the `CTD_ID` value).
@@ -238,7 +237,7 @@ struct Inner {
     agents: AgentDirectory,
     limiter: Mutex<RateLimiter>,
     book: Mutex<ClickBook>,
-    progress: Mutex<HashMap<String, watch::Sender<Progress>>>,
+    progress: Mutex<HashMap<String, mpsc::Sender<Progress>>>,
     audit: Mutex<VecDeque<Audit>>,
     pbx: Arc<dyn ActionSink>,
     reporter: Arc<dyn ClickReporter>,
@@ -374,7 +373,8 @@ impl DialService {
                 ))
             }
         };
-        let (tx, rx) = watch::channel(Progress::Queued);
+        // At most two steps follow a click: room for both, so sending never waits or drops.
+        let (tx, rx) = mpsc::channel(4);
         let deadline =
             Instant::now() + Duration::from_secs_f64(o.originate_timeout_seconds) + RESPONSE_GRACE;
         let inserted = inner
@@ -546,6 +546,28 @@ impl DialService {
         result
     }
 
+    /// Audits a request refused before it became a click (wrong secret, unknown Zoho user):
+    /// the same audit line and counter as every other refusal.
+    pub fn refuse_request(
+        &self,
+        source: ClickSource,
+        who: &str,
+        number: &str,
+        result: &str,
+        reason: &str,
+    ) {
+        self.inner.record_audit(Audit {
+            click_id: None,
+            source: Some(source.as_str()),
+            agent: guard::printable(who),
+            number: guard::printable(number),
+            result: result.to_string(),
+            reason: reason.to_string(),
+        });
+        metrics::counter!("azb_clicks_total", "source" => source.as_str(), "result" => result.to_string())
+            .increment(1);
+    }
+
     /// The latest audit records, oldest first (bounded).
     pub fn audit(&self) -> Vec<Audit> {
         self.inner
@@ -596,7 +618,7 @@ impl Inner {
                 Update::AgentAnswered { id, channel } => {
                     if let Ok(p) = self.progress.lock() {
                         if let Some(tx) = p.get(&id) {
-                            let _ = tx.send(Progress::AgentAnswered { channel });
+                            let _ = tx.try_send(Progress::AgentAnswered { channel });
                         }
                     }
                 }
@@ -644,7 +666,7 @@ impl Inner {
             });
         }
         if let Some(tx) = pending {
-            let _ = tx.send(Progress::Done(outcome));
+            let _ = tx.try_send(Progress::Done(outcome));
         }
     }
 }

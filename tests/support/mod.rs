@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ami_server;
+pub mod originate_server;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

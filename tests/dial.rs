@@ -290,7 +290,15 @@ async fn refused_clicks_send_nothing_and_leave_an_audit_line() {
     let lab = lab().await;
     let busy = &lab.recorded["ctd-busy"];
     let number = e164(busy.exten());
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<&str>, u16, &str)> = vec![
+    /// What, the form, the secret header, the HTTP status, the audit result.
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "no secret",
             vec![("zohouser", "zu-2002"), ("tonumber", &number)],

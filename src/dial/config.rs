@@ -226,7 +226,7 @@ pub fn validate(cfg: &crate::config::Config) -> Result<(), String> {
         }
         for (j, v) in o.originate_variables.iter().enumerate() {
             one_line(&format!("{}[{j}]", key("originate_variables")), v)?;
-            if !v.split_once('=').is_some_and(|(n, _)| !n.trim().is_empty()) {
+            if v.split_once('=').is_none_or(|(n, _)| n.trim().is_empty()) {
                 return Err(format!(
                     "key {}[{j}]: '{v}' is not NAME=VALUE",
                     key("originate_variables")

@@ -136,13 +136,13 @@ impl App {
     }
 
     /// The agent behind the request's Zoho user.
-    fn agent(&self, params: &Params) -> Result<(String, String), Response> {
+    fn agent(&self, params: &Params) -> Result<(String, String), Box<Response>> {
         let Some(user) = params.get(&["zohouser", "userid", "user_id"]) else {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "missing_parameter",
                 "zohouser is missing",
-            ));
+            )));
         };
         match self.users.email_of(user) {
             Some(email) => Ok((user.to_string(), email)),
@@ -156,11 +156,11 @@ impl App {
                     "unknown_user",
                     "the Zoho user is not an agent of this bridge",
                 );
-                Err(error(
+                Err(Box::new(error(
                     StatusCode::FORBIDDEN,
                     "unknown_user",
                     &format!("Zoho user '{shown}' is not an agent of this bridge"),
-                ))
+                )))
             }
         }
     }
@@ -203,7 +203,7 @@ async fn click(
     }
     let (zohouser, email) = match app.agent(&params) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(number) = params.get(&["tonumber", "to", "number"]) else {
         return error(
@@ -291,7 +291,7 @@ async fn control(
     }
     let (_, email) = match app.agent(&params) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(callref) = params.get(&["callrefid", "id"]) else {
         return error(

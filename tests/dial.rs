@@ -127,10 +127,7 @@ async fn lab_with(server_cfg: OriginateServerConfig, extra: &str) -> Lab {
             }
         }
     });
-    let auth = ClickAuth {
-        name: cfg.click_to_dial.authorization_name.clone(),
-        secret: cfg.click_to_dial.authorization_secret().unwrap(),
-    };
+    let auth = ClickAuth::from_config(&cfg.click_to_dial).unwrap();
     let app = router(
         service.clone(),
         auth,
@@ -365,6 +362,16 @@ async fn refused_clicks_send_nothing_and_leave_an_audit_line() {
         assert_eq!(audit.len(), before + 1, "{what}: one audit line");
         assert_eq!(audit[before].result, result, "{what}: {:?}", audit[before]);
     }
+    // An oversized body is refused before anything reads it.
+    let big = "9".repeat(20 * 1024);
+    let resp = lab
+        .post(
+            "/phonebridge/clicktodial",
+            &[("zohouser", "zu-2002"), ("tonumber", &big)],
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(resp.status(), 413);
     // The secret as a parameter instead of a header works too (Zoho may send either).
     let resp = lab
         .post(

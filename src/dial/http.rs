@@ -52,6 +52,16 @@ pub struct ClickAuth {
     pub secret: Option<Secret>,
 }
 
+impl ClickAuth {
+    /// From `[click_to_dial] authorization_name` and `authorization_secret(_env)`.
+    pub fn from_config(c: &super::config::ClickToDialConfig) -> Result<ClickAuth, String> {
+        Ok(ClickAuth {
+            name: c.authorization_name.clone(),
+            secret: c.authorization_secret()?,
+        })
+    }
+}
+
 struct App {
     dial: DialService,
     auth_name: String,

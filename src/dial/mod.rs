@@ -455,6 +455,41 @@ impl DialService {
         self.inner.apply(out);
     }
 
+    /// The tags that link a call to its click, from the `VarSet` of the tagging variable
+    /// (`CTD_ID`) on one of the call's channels: `(uniqueid, key, value)` for the tracker's
+    /// `tag` (as FastAGI tags are applied): `ctd_id`, `ctd_agent` (e-mail), `ctd_number`
+    /// (E.164), `ctd_zohouser` and `ctd_record` (`Contacts/…`) when known. Empty for any
+    /// other message or a click this service does not know.
+    pub fn call_tags(&self, m: &Message) -> Vec<(String, String, String)> {
+        if !m.is_event("VarSet") {
+            return Vec::new();
+        }
+        let ours = m.get_str("Variable").is_some_and(|v| {
+            v.trim_start_matches('_')
+                .eq_ignore_ascii_case(self.inner.settings.click.variable.trim_start_matches('_'))
+        });
+        let (Some(value), Some(uid)) = (m.get_str("Value"), m.get_str("Uniqueid")) else {
+            return Vec::new();
+        };
+        if !ours {
+            return Vec::new();
+        }
+        let Some(info) = self.click_info(value.trim()) else {
+            return Vec::new();
+        };
+        let mut tags = vec![
+            ("ctd_id", Some(info.click_id)),
+            ("ctd_agent", Some(info.agent_email)),
+            ("ctd_number", Some(info.e164)),
+            ("ctd_zohouser", info.zohouser),
+            ("ctd_record", info.record),
+        ];
+        tags.retain(|(_, v)| v.is_some());
+        tags.into_iter()
+            .filter_map(|(k, v)| Some((uid.to_string(), k.to_string(), v?)))
+            .collect()
+    }
+
     /// The session to the PBX dropped: outcomes of clicks still waiting will never be seen.
     pub fn session_lost(&self) {
         let mut out = Vec::new();
@@ -694,5 +729,99 @@ async fn sweep(inner: Weak<Inner>) {
             b.tick(Instant::now(), &mut out);
         }
         inner.apply(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ami::AmiError;
+    use futures::future::BoxFuture;
+
+    /// Answers every action `Response: Success` and keeps it.
+    #[derive(Default)]
+    struct Accepting(Mutex<Vec<crate::ami::Action>>);
+
+    impl ActionSink for Accepting {
+        fn send_action(
+            &self,
+            action: crate::ami::Action,
+        ) -> BoxFuture<'_, Result<Message, AmiError>> {
+            let id = action.action_id().unwrap_or_default().to_string();
+            if let Ok(mut a) = self.0.lock() {
+                a.push(action);
+            }
+            Box::pin(async move {
+                Ok(Message::from_pairs(&[
+                    ("Response", "Success"),
+                    ("ActionID", id.as_str()),
+                ]))
+            })
+        }
+    }
+
+    fn service() -> (DialService, Arc<Accepting>) {
+        let mut agents = std::collections::BTreeMap::new();
+        agents.insert("2002".to_string(), "agent2002@example.com".to_string());
+        let settings = DialSettings {
+            click: ClickToDialConfig::default(),
+            originate: OriginateConfig::default(),
+            default_country: "IT".into(),
+            agents,
+        };
+        let sink = Arc::new(Accepting::default());
+        let s = DialService::new(
+            settings,
+            sink.clone(),
+            Arc::new(report::MemoryReporter::default()),
+        )
+        .unwrap();
+        (s, sink)
+    }
+
+    #[tokio::test]
+    async fn the_varset_of_the_click_id_tags_the_call() {
+        let (s, sink) = service();
+        let a = s
+            .click(ClickRequest {
+                source: ClickSource::AgentPage,
+                agent_email: "Agent2002@example.com".into(),
+                zohouser: None,
+                number: "02 9876 5432".into(),
+                record: Some("Contacts/4150868000000224005".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+        // As ctd-busy.ami shows it on the originated channel.
+        let varset = |var: &str, value: &str| {
+            Message::from_pairs(&[
+                ("Event", "VarSet"),
+                ("Channel", "Local/2002@from-internal-00000026;1"),
+                ("Uniqueid", "1795985816.76"),
+                ("Linkedid", "1795985816.76"),
+                ("Variable", var),
+                ("Value", value),
+            ])
+        };
+        let tags = s.call_tags(&varset("CTD_ID", &a.click_id));
+        let want: Vec<(String, String, String)> = [
+            ("ctd_id", a.click_id.as_str()),
+            ("ctd_agent", "agent2002@example.com"),
+            ("ctd_number", "+390298765432"),
+            ("ctd_record", "Contacts/4150868000000224005"),
+        ]
+        .into_iter()
+        .map(|(k, v)| ("1795985816.76".to_string(), k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(tags, want);
+        assert!(s.call_tags(&varset("CTD_ID", "c2d-unknown")).is_empty());
+        assert!(s.call_tags(&varset("OTHER", &a.click_id)).is_empty());
+        // The observe path learns the channel from the same event.
+        s.observe(&varset("CTD_ID", &a.click_id));
+        assert_eq!(
+            s.click_info(&a.click_id).and_then(|c| c.channel).as_deref(),
+            Some("Local/2002@from-internal-00000026;1")
+        );
     }
 }

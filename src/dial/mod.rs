@@ -824,4 +824,47 @@ mod tests {
             Some("Local/2002@from-internal-00000026;1")
         );
     }
+
+    #[test]
+    fn clicks_and_outcomes_are_counted_for_metrics() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (s, _) = service();
+                let click = |number: &str| ClickRequest {
+                    source: ClickSource::Cli,
+                    agent_email: "agent2002@example.com".into(),
+                    zohouser: None,
+                    number: number.into(),
+                    record: None,
+                };
+                let a = s.click(click("0298765432")).await.unwrap();
+                assert!(s.click(click("+442079460000")).await.is_err());
+                assert!(s.click(click("not a number")).await.is_err());
+                // The agent's phone is never answered (ctd-agent-noanswer.ami).
+                s.observe(&Message::from_pairs(&[
+                    ("Event", "OriginateResponse"),
+                    ("ActionID", a.click_id.as_str()),
+                    ("Response", "Failure"),
+                    ("Channel", "Local/2002@from-internal"),
+                    ("Reason", "3"),
+                    ("Uniqueid", "<unknown>"),
+                ]));
+            });
+        });
+        let text = handle.render();
+        for line in [
+            r#"azb_clicks_total{source="cli",result="originated"} 1"#,
+            r#"azb_clicks_total{source="cli",result="blocked_number"} 1"#,
+            r#"azb_clicks_total{source="cli",result="invalid_number"} 1"#,
+            r#"azb_click_outcomes_total{outcome="failed"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 }

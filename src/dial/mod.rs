@@ -16,7 +16,14 @@
 //!
 //! The call this creates carries the channel variable `[click_to_dial] variable` (`CTD_ID`)
 //! with the click id; the tracker reads its `VarSet` to link the call to the click
-//! ([`DialService::click_info`]: agent, number, Zoho user and record).
+//! ([`DialService::click_info`]: agent, number, Zoho user and record;
+//! [`DialService::call_tags`] gives them as tracker tags).
+//!
+//! Wiring into the daemon (per the PBX of [`DialSettings::from_config`]): build the service
+//! with that session's `AmiClient` and the PhoneBridge [`ClickReporter`](report::ClickReporter);
+//! in the session's event loop call [`DialService::observe`] and apply
+//! [`DialService::call_tags`] for every message, and [`DialService::session_lost`] on a
+//! disconnect; serve [`http::router`] on `[zoho.phonebridge] listen`.
 
 pub mod book;
 pub mod config;

@@ -11,7 +11,7 @@
 //! The outcome is read from the AMI stream by [`book`]: the daemon (or the `dial` command)
 //! hands every message to [`DialService::observe`]. Failures (the agent's phone not answered
 //! or busy, the far end busy or not answering, the PBX refusing) go to a
-//! [`ClickReporter`](report::ClickReporter), which for Zoho posts `clicktodialerror`.
+//! [`ClickReporter`], which for Zoho posts `clicktodialerror`.
 //! Nothing is ever retried on its own: a second ring is the agent's call.
 //!
 //! The call this creates carries the channel variable `[click_to_dial] variable` (`CTD_ID`)
@@ -20,7 +20,7 @@
 //! [`DialService::call_tags`] gives them as tracker tags).
 //!
 //! Wiring into the daemon (per the PBX of [`DialSettings::from_config`]): build the service
-//! with that session's `AmiClient` and the PhoneBridge [`ClickReporter`](report::ClickReporter);
+//! with that session's `AmiClient` and the PhoneBridge [`ClickReporter`];
 //! in the session's event loop call [`DialService::observe`] and apply
 //! [`DialService::call_tags`] for every message, and [`DialService::session_lost`] on a
 //! disconnect; serve [`http::router`] on `[zoho.phonebridge] listen`.

@@ -811,3 +811,73 @@ mod fuzz {
         }
     }
 }
+
+/// The PhoneBridge reporter posts `clicktodialerror` as PhoneBridge wants it: form-encoded,
+/// `+` as `%2B`, the account's token. A local stand-in plays Zoho's endpoint (the simulator's
+/// PhoneBridge surface is built elsewhere).
+#[tokio::test]
+async fn the_phonebridge_reporter_posts_clicktodialerror() {
+    use ami_zoho_bridge::dial::report::{ClickReport, ClickReporter, PhoneBridgeReporter};
+    use axum::routing::post;
+    type Seen = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+    let seen: Seen = Arc::default();
+    let st = seen.clone();
+    let zoho = axum::Router::new().route(
+        "/phonebridge/v3/clicktodialerror",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let st = st.clone();
+            async move {
+                let auth = headers["authorization"].to_str().unwrap().to_string();
+                st.lock().unwrap().push((auth, body));
+                axum::Json(serde_json::json!({"status": "success", "code": "SUCCESS"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, zoho).await });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("pb.json");
+    std::fs::write(
+        &token_file,
+        serde_json::json!({"refresh_token": "r", "access_token": "pb-access-token",
+                           "expires_at": 4102444800i64, "api_domain": api})
+        .to_string(),
+    )
+    .unwrap();
+    let account = ami_zoho_bridge::config::AccountConfig {
+        accounts_url: Some(api.clone()),
+        api_domain: Some(api.clone()),
+        client_id: "1000.PB".into(),
+        client_secret: Some(Secret::new("x")),
+        token_file: Some(token_file),
+        ..Default::default()
+    };
+    let http = reqwest::Client::new();
+    let oauth = ami_zoho_bridge::zoho::oauth::OAuth::new("pb", &account, http.clone()).unwrap();
+    let reporter = PhoneBridgeReporter::new(Arc::new(oauth), http);
+    reporter.report(ClickReport {
+        click_id: Some("c2d-0123456789abcdef".into()),
+        zohouser: Some("4150868000000225013".into()),
+        agent_email: "agent2002@example.com".into(),
+        from: "2002".into(),
+        to: "+390298765432".into(),
+        code: ClickErrorCode::Busy,
+        message: "the number is busy (DialStatus BUSY)".into(),
+    });
+    let (auth, body) = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(x) = seen.lock().unwrap().first().cloned() {
+                return x;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("clicktodialerror in time");
+    assert_eq!(auth, "Zoho-oauthtoken pb-access-token");
+    assert_eq!(
+        body,
+        "code=busy&from=2002&to=%2B390298765432&zohouser=4150868000000225013&message=the+number+is+busy+%28DialStatus+BUSY%29"
+    );
+}

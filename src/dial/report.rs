@@ -100,3 +100,91 @@ impl ClickReporter for MemoryReporter {
         }
     }
 }
+
+/// Posts each failure to Zoho PhoneBridge's `clicktodialerror` with the PhoneBridge account's
+/// token, on a task of its own. One attempt per report (a report lost to a network error is
+/// logged, not retried: it describes a click the agent has already seen fail). Stands in until
+/// the PhoneBridge client (`zoho::phonebridge`) provides its own.
+pub struct PhoneBridgeReporter {
+    oauth: std::sync::Arc<crate::zoho::oauth::OAuth>,
+    http: reqwest::Client,
+}
+
+impl PhoneBridgeReporter {
+    pub fn new(
+        oauth: std::sync::Arc<crate::zoho::oauth::OAuth>,
+        http: reqwest::Client,
+    ) -> PhoneBridgeReporter {
+        PhoneBridgeReporter { oauth, http }
+    }
+
+    /// The form `clicktodialerror` takes (`+` of E.164 numbers is percent-encoded by the
+    /// form encoding, as PhoneBridge wants).
+    pub fn form(r: &ClickReport) -> Vec<(&'static str, String)> {
+        let mut form = vec![
+            ("code", r.code.as_str().to_string()),
+            ("from", r.from.clone()),
+            ("to", r.to.clone()),
+        ];
+        if let Some(u) = &r.zohouser {
+            form.push(("zohouser", u.clone()));
+        }
+        form.push(("message", r.message.chars().take(250).collect()));
+        form
+    }
+}
+
+impl ClickReporter for PhoneBridgeReporter {
+    fn report(&self, r: ClickReport) {
+        let oauth = self.oauth.clone();
+        let http = self.http.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                code = r.code.as_str(),
+                "clicktodialerror not sent: no runtime"
+            );
+            return;
+        };
+        rt.spawn(async move {
+            let form = PhoneBridgeReporter::form(&r);
+            let access = match oauth.access().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, code = r.code.as_str(), "clicktodialerror not sent");
+                    return;
+                }
+            };
+            let url = format!(
+                "{}/phonebridge/v3/clicktodialerror",
+                access.api_domain.trim_end_matches('/')
+            );
+            let sent = http
+                .post(&url)
+                .header(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Zoho-oauthtoken {}", access.token.expose()),
+                )
+                .form(&form)
+                .timeout(std::time::Duration::from_secs(20))
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() => tracing::info!(
+                    click_id = r.click_id.as_deref().unwrap_or("-"),
+                    code = r.code.as_str(),
+                    "clicktodialerror sent to Zoho"
+                ),
+                Ok(resp) => tracing::warn!(
+                    status = resp.status().as_u16(),
+                    code = r.code.as_str(),
+                    "Zoho refused clicktodialerror"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e.without_url(),
+                    code = r.code.as_str(),
+                    "clicktodialerror not sent"
+                ),
+            }
+        });
+    }
+}

@@ -27,6 +27,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub agi: AgiConfig,
     pub limits: LimitsConfig,
+    pub click_to_dial: crate::dial::config::ClickToDialConfig,
 }
 
 /// `[[pbx]]`: one Asterisk Manager Interface to read.
@@ -45,6 +46,8 @@ pub struct PbxConfig {
     pub auth: crate::ami::AuthMethod,
     /// Seconds between keepalive `Ping`s.
     pub ping_seconds: f64,
+    #[serde(flatten)]
+    pub originate: crate::dial::config::OriginateConfig,
 }
 
 impl Default for PbxConfig {
@@ -58,6 +61,7 @@ impl Default for PbxConfig {
             secret_env: None,
             auth: crate::ami::AuthMethod::Md5,
             ping_seconds: 20.0,
+            originate: Default::default(),
         }
     }
 }
@@ -497,6 +501,7 @@ impl Config {
                 .map_err(|e| format!("key {key}.{e}"))?;
         }
         crate::triggers::validate(&self.triggers, &self.zoho)?;
+        crate::dial::config::validate(self)?;
         self.validate_runtime()
     }
 

@@ -9,6 +9,7 @@ pub mod calls;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod dial;
 pub mod http;
 pub mod ops;
 pub mod persist;

@@ -3,13 +3,15 @@
 //! - [`parse`]: the nom grammar (pure, zero-copy, streaming);
 //! - [`codec`]: `tokio_util` framing over it;
 //! - [`client`]: a live manager session (login, actions, keepalive, reconnect);
-//! - [`replay`]: a recorded capture as the same kind of event source.
+//! - [`replay`]: a recorded capture as the same kind of event source;
+//! - [`originate`]: the click-to-dial actions (`Originate`, `Hangup`, `MuteAudio`).
 //!
 //! Both sources yield [`SourceEvent`]s, so the stages after them cannot tell a PBX from a file.
 
 pub mod client;
 pub mod codec;
 pub mod message;
+pub mod originate;
 pub mod parse;
 pub mod replay;
 

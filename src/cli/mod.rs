@@ -17,6 +17,7 @@ mod bench;
 mod config;
 mod deliver;
 mod demo;
+mod dial;
 mod outbox;
 mod replay;
 mod search;
@@ -164,6 +165,17 @@ enum Command {
         /// Org data (users, contacts, leads, clients) as JSON; a demo org by default.
         #[arg(long)]
         seed: Option<PathBuf>,
+    },
+    /// Click-to-dial from the command line: the agent's phone rings, then NUMBER is dialled.
+    /// Every guard rail applies; prints one JSON line per step; exit 0 when the far end answered.
+    Dial {
+        /// The agent's e-mail (known through [agents] or [click_to_dial] extensions).
+        #[arg(long)]
+        agent: String,
+        /// The number to call, in any written form.
+        number: String,
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
     },
     /// Run a capture through parser and call tracker as fast as possible and print the rate.
     BenchPipeline {
@@ -386,6 +398,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ZohoSim { listen, seed } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(zoho::run_sim(listen, seed.as_deref()))
+        }
+        Command::Dial {
+            agent,
+            number,
+            config,
+        } => {
+            let cfg = load_config(Some(&config))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dial::dial(&cfg, &agent, &number))
         }
         Command::BenchPipeline {
             file,

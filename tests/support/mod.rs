@@ -3,6 +3,7 @@
 
 pub mod ami_server;
 pub mod pbx;
+pub mod originate_server;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

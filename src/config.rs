@@ -26,6 +26,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
     pub agi: AgiConfig,
+    /// `[agent_page]`: the bridge's own agent screen (see `notify::config`).
+    pub agent_page: Option<crate::notify::config::AgentPageConfig>,
 }
 
 /// `[[pbx]]`: one Asterisk Manager Interface to read.
@@ -178,6 +180,8 @@ impl Default for AgiConfig {
 pub struct ZohoConfig {
     pub accounts: BTreeMap<String, AccountConfig>,
     pub configurations: BTreeMap<String, ActivityConfig>,
+    /// `[zoho.phonebridge]`: Zoho PhoneBridge v3 pop-ups (see `notify::config`).
+    pub phonebridge: Option<crate::notify::config::PhoneBridgeConfig>,
 }
 
 /// `[zoho.accounts.NAME]`: one Self Client on one data center.
@@ -422,6 +426,7 @@ impl Config {
                 .map_err(|e| format!("key {key}.{e}"))?;
         }
         crate::triggers::validate(&self.triggers, &self.zoho)?;
+        crate::notify::config::validate(self)?;
         self.validate_runtime()
     }
 

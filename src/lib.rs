@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod http;
+pub mod notify;
 pub mod ops;
 pub mod phone;
 pub mod pipeline;

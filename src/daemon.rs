@@ -36,6 +36,8 @@ pub struct Bridge {
     pub pipeline: Arc<Pipeline>,
     pub store: Store,
     pub delivery: Arc<Delivery>,
+    /// The real-time path (PhoneBridge pop-ups, agent page), when configured.
+    pub notify: Option<Arc<crate::notify::Notify>>,
 }
 
 impl Bridge {
@@ -45,10 +47,15 @@ impl Bridge {
         let store = Store::open(&cfg.store.url).await?;
         let apis = zoho_clients(cfg).map_err(|e| DaemonError::Config(e.to_string()))?;
         let delivery = Arc::new(Delivery::new(cfg, store.clone(), apis));
+        let notify = crate::notify::wanted(cfg)
+            .then(|| crate::notify::from_config(cfg, CancellationToken::new()))
+            .transpose()
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
         Ok(Bridge {
             pipeline,
             store,
             delivery,
+            notify,
         })
     }
 
@@ -149,6 +156,7 @@ const TAG_WAIT: Duration = Duration::from_secs(5);
 pub fn tracker_for(cfg: &Config) -> Tracker {
     let mut calls = cfg.calls.clone();
     calls.emit_moments |= cfg.triggers.iter().any(|t| t.on != On::End);
+    calls.emit_moments |= crate::notify::wanted(cfg);
     Tracker::new(calls)
 }
 
@@ -219,6 +227,7 @@ pub async fn ingest_pbx(
     let mut tags_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut screens = bridge.notify.as_ref().map(|n| crate::notify::Live::new(n.clone()));
     loop {
         tokio::select! {
             biased;
@@ -232,6 +241,7 @@ pub async fn ingest_pbx(
                         clock = StreamClock { event_at: ts, wall_at: wall };
                     }
                     tracker.on_message(&m, Micros(wall), &mut outputs);
+                    if let Some(s) = screens.as_mut() { s.message(&m, &outputs); }
                 }
                 Some(SourceEvent::Reconnected { .. }) => {
                     health.set_pbx(&pbx.name, true);
@@ -260,6 +270,7 @@ pub async fn ingest_pbx(
             !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
         });
         if !outputs.is_empty() {
+            if let Some(s) = screens.as_mut() { s.finished(&outputs); }
             bridge.handle(&pbx.name, &mut outputs, &stop).await;
         }
     }

@@ -549,6 +549,48 @@ fn shard_of(call: &str, n: usize) -> usize {
     (h.finish() as usize) % n.max(1)
 }
 
+/// Whether the configuration asks for the real-time path.
+pub fn wanted(cfg: &crate::config::Config) -> bool {
+    cfg.zoho.phonebridge.is_some() || cfg.agent_page.is_some()
+}
+
+/// One PBX session's end of the real-time path: its observer and the shared [`Notify`].
+/// The ingest task calls it with each event and with each batch of outputs; it never waits.
+pub struct Live {
+    notify: Arc<Notify>,
+    observer: Observer,
+    notices: Vec<Notice>,
+    arrival: Instant,
+}
+
+impl Live {
+    pub fn new(notify: Arc<Notify>) -> Live {
+        Live {
+            observer: notify.observer(),
+            notify,
+            notices: Vec::new(),
+            arrival: Instant::now(),
+        }
+    }
+
+    /// An AMI event just arrived, and the tracker made `outputs` of it.
+    pub fn message(&mut self, m: &Message, outputs: &[Output]) {
+        self.arrival = Instant::now();
+        self.observer.message(m, outputs, &mut self.notices);
+        if !self.notices.is_empty() {
+            self.notify.offer(&mut self.notices, self.arrival);
+        }
+    }
+
+    /// Outputs about to be handled: the finished calls' end notices.
+    pub fn finished(&mut self, outputs: &[Output]) {
+        self.observer.finished(outputs, &mut self.notices);
+        if !self.notices.is_empty() {
+            self.notify.offer(&mut self.notices, Instant::now());
+        }
+    }
+}
+
 /// Builds the real-time path from the configuration: PhoneBridge when `[zoho.phonebridge]`
 /// is set; the broadcast for the agent page always.
 pub fn from_config(

@@ -18,6 +18,7 @@ mod config;
 mod deliver;
 mod demo;
 mod outbox;
+mod phonebridge;
 mod replay;
 mod search;
 mod zoho;
@@ -91,6 +92,11 @@ enum Command {
     Run {
         #[arg(long, default_value = "ami-zoho-bridge.toml")]
         config: PathBuf,
+    },
+    /// Zoho PhoneBridge: enable or disable the integration, list its users.
+    Phonebridge {
+        #[command(subcommand)]
+        command: phonebridge::PhoneBridgeCommand,
     },
     /// Configuration commands.
     Config {
@@ -382,6 +388,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     runtime.block_on(zoho::test(&cfg, &account))
                 }
             }
+        }
+        Command::Phonebridge { command } => {
+            let cfg = load_config(Some(command.config()))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(phonebridge::phonebridge(&cfg, command))
         }
         Command::ZohoSim { listen, seed } => {
             let runtime = tokio::runtime::Runtime::new()?;

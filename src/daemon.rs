@@ -87,10 +87,14 @@ impl Bridge {
     /// with backoff until `stop`, so nothing is dropped while the bridge runs.
     async fn persist(&self, pbx: &str, call: &Call, on: On, stop: &CancellationToken) {
         let finished = on == On::End;
-        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
+        let mut activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot render the call's records; they are not stored");
             Vec::new()
         });
+        // With [zoho.phonebridge] log_calls, Zoho's PhoneBridge log is the call's Call record.
+        if finished && self.notify.as_ref().is_some_and(|n| n.take_logged(&call.linkedid.0)) {
+            activities.retain(|a| a.module != "Calls");
+        }
         if !finished && activities.is_empty() {
             return;
         }

@@ -318,6 +318,19 @@ impl PhoneBridgeSink {
         g.0.get(&key).cloned()
     }
 
+    /// Whether Zoho will log this end notice as the call's Call record (`log_calls`, and the
+    /// notice can be sent: numbers in E.164 and a known PhoneBridge user).
+    fn will_log(&self, n: &Notice) -> bool {
+        if !self.cfg.log_calls || !n.kind.is_end() {
+            return false;
+        }
+        let user = self.cfg.users.contains_key(&n.agent.email)
+            || self.users.try_read().is_ok_and(|g| {
+                g.0.contains_key(&n.agent.email.to_ascii_lowercase())
+            });
+        user && self.params(n, String::new()).is_ok_and(|p| p.is_some())
+    }
+
     /// The callnotify parameters of a notice; `Err(reason)` when it cannot be sent.
     fn params(&self, n: &Notice, zohouser: String) -> Result<Option<Vec<(&'static str, String)>>, &'static str> {
         let agent_number = config::agent_number(&self.cfg.agent_number, &n.agent.ext)
@@ -446,6 +459,10 @@ impl PhoneBridgeSink {
 /// The real-time path's handle: the daemon's ingest tasks give it notices, never waiting.
 pub struct Notify {
     shards: Vec<mpsc::Sender<Outgoing>>,
+    phonebridge: Option<Arc<PhoneBridgeSink>>,
+    /// Calls whose Call record Zoho's PhoneBridge log is (`log_calls`): the REST Call is not
+    /// written for them. Taken by the store path right after.
+    logged: Mutex<std::collections::HashSet<String>>,
     pages: broadcast::Sender<Arc<Notice>>,
     agents: BTreeMap<String, String>,
     pub stats: Arc<Mutex<NotifyStats>>,
@@ -482,13 +499,42 @@ impl Notify {
                 }
             });
         }
+        // Read Zoho's user list (and so the token) now, not in front of the first ring.
+        if let Some(pb) = phonebridge.clone() {
+            tokio::spawn(async move {
+                let _ = pb.zohouser("").await;
+            });
+        }
         let (pages, _) = broadcast::channel(4096);
         Arc::new(Notify {
             shards,
+            phonebridge,
+            logged: Mutex::new(Default::default()),
             pages,
             agents,
             stats,
         })
+    }
+
+    /// Whether PhoneBridge logs `call` itself (then the REST Call would be a second record).
+    /// Asked once per finished call, right after its end notices were handed on.
+    pub fn take_logged(&self, call: &str) -> bool {
+        self.logged.lock().is_ok_and(|mut g| g.remove(call))
+    }
+
+    fn note_logged(&self, notices: &[Notice]) {
+        let Some(pb) = &self.phonebridge else { return };
+        for n in notices {
+            if pb.will_log(n) {
+                if let Ok(mut g) = self.logged.lock() {
+                    // Bounded: entries are taken at once; a leftover set this big is stale.
+                    if g.len() > 100_000 {
+                        g.clear();
+                    }
+                    g.insert(n.call.clone());
+                }
+            }
+        }
     }
 
     /// A fresh observer for one PBX session.
@@ -586,6 +632,7 @@ impl Live {
     pub fn finished(&mut self, outputs: &[Output]) {
         self.observer.finished(outputs, &mut self.notices);
         if !self.notices.is_empty() {
+            self.notify.note_logged(&self.notices);
             self.notify.offer(&mut self.notices, Instant::now());
         }
     }

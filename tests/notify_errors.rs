@@ -5,6 +5,8 @@
 //! `/metrics`, and the REST Call activities still go out.
 
 mod support;
+#[path = "support/paced_ami.rs"]
+mod paced_ami;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,3 +157,152 @@ async fn a_silent_zoho_is_a_timeout_not_a_hang() {
     assert_eq!(e.retry(), Retry::Transient);
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// The daemon with a PhoneBridge that refuses every notification (never integrated): each
+/// refusal is logged with the call and the agent and counted in `/metrics`, and the REST Call
+/// activity of the call still reaches Zoho.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_logged_counted_and_leave_the_call_activity_alone() {
+    let sim = sim_with(&[("1000.LABCLIENT", "lab-secret"), ("1000.PBA", "a-secret")]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = support::read_capture(
+        &support::root().join("fixtures/ami-sip/inbound-answered-agent-hangup.ami"),
+    );
+    let port = paced_ami::paced_ami(support::ami_server::capture_body(&capture), 4.0).await;
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let text = std::fs::read_to_string(support::root().join("fixtures/ami-sip/bridge.toml"))
+        .expect("bridge.toml");
+    let mut doc: toml::Table = text.parse().expect("toml");
+    let agents: toml::Table = (1001..=1012)
+        .map(|e| (e.to_string(), toml::Value::from(format!("agent{e}@example.com"))))
+        .collect();
+    doc.insert("agents".into(), agents.into());
+    let url = sim.url("eu");
+    let main = doc["zoho"]["accounts"]["main"].as_table_mut().expect("main");
+    main.insert("accounts_url".into(), url.clone().into());
+    main.insert("api_domain".into(), url.clone().into());
+    main.insert("token_file".into(), dir.path().join("tokens-main.json").display().to_string().into());
+    main.insert("timeout_seconds".into(), 1.0.into());
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{doc}
+[zoho.accounts.pb]
+accounts_url = "{url}"
+api_domain = "{url}"
+client_id = "1000.PBA"
+client_secret = "a-secret"
+token_file = "{pb_tokens}"
+timeout_seconds = 1.0
+phone_index = false
+
+[zoho.phonebridge]
+account = "pb"
+log_calls = false
+agent_number = "+39069999{{ext}}"
+users = {{ "agent1001@example.com" = "pb5725767000000411002", "agent1002@example.com" = "pb5725767000000411003" }}
+
+[[pbx]]
+name = "lab"
+host = "127.0.0.1"
+port = {port}
+username = "bridge"
+secret = "{secret}"
+auth = "plain"
+
+[store]
+url = "sqlite://{db}"
+
+[delivery]
+lease_seconds = 3
+poll_seconds = 0.2
+
+[http]
+listen = "127.0.0.1:{http_port}"
+token = "metrics-token"
+
+[agi]
+listen = ""
+"#,
+            doc = toml::to_string(&doc).expect("toml"),
+            pb_tokens = dir.path().join("tokens-pb.json").display(),
+            secret = paced_ami::AMI_SECRET,
+            db = dir.path().join("bridge.db").display(),
+        ),
+    )
+    .expect("config");
+    // Both accounts authorised; PhoneBridge never enabled for the org.
+    for (account, client, scopes) in [
+        ("main", "1000.LABCLIENT", sim::BRIDGE_SCOPES),
+        ("pb", "1000.PBA", PB_SCOPES),
+    ] {
+        let code = sim.grant_code(client, "eu", scopes, None);
+        let out = support::bridge()
+            .args(["zoho", "authorize", "--account", account, "--code", &code, "--config"])
+            .arg(&config)
+            .env("ZOHO_CLIENT_SECRET", "lab-secret")
+            .output()
+            .expect("authorize");
+        support::success_stdout(&out);
+    }
+    let log_path = dir.path().join("run.log");
+    let mut child = support::bridge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ZOHO_CLIENT_SECRET", "lab-secret")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("run");
+    let linkedid = "1795465417.2";
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut metrics = String::new();
+    let mut done = false;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let delivered = sim.records("Calls").iter().any(|r| {
+            r["Description"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("Linkedid: {linkedid}")))
+        });
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .bearer_auth("metrics-token")
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            metrics = r.text().await.unwrap_or_default();
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if delivered && metrics.contains("PBX_NOT_INTEGRATED") && log.contains("state=\"closed\"") {
+            done = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(done, "metrics:\n{metrics}\nlog:\n{log}");
+    // Logged with the call and the agent.
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("PhoneBridge callnotify failed") && l.contains("PBX_NOT_INTEGRATED"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(refusal.contains(&format!("linkedid={linkedid}")), "{refusal}");
+    assert!(refusal.contains("agent=agent100"), "{refusal}");
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("azb_phonebridge_errors_total") && l.contains("PBX_NOT_INTEGRATED"))
+        .unwrap_or_else(|| panic!("not counted:\n{metrics}"));
+    assert!(!counted.ends_with(" 0"), "{counted}");
+    // Nothing was shown in Zoho, and the REST Call exists: the refusal did not stop it.
+    assert!(sim.phonebridge_timeline().is_empty());
+}
+

@@ -59,6 +59,12 @@ impl Bridge {
         })
     }
 
+    /// The CRM account of the first configuration (the agent page names callers with it).
+    pub fn crm_api(&self, cfg: &Config) -> Option<Arc<crate::zoho::api::ZohoApi>> {
+        let account = &cfg.zoho.configurations.values().next()?.account;
+        self.delivery.apis().get(account).cloned()
+    }
+
     /// Hands tracker outputs on: triggers, render, one transaction per call, wake a worker.
     /// A store that refuses is retried (the call is not dropped) until `stop`.
     pub async fn handle(&self, pbx: &str, outputs: &mut Vec<Output>, stop: &CancellationToken) {
@@ -321,6 +327,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         };
         let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))
             .map_err(DaemonError::Config)?;
+        let router = match (&bridge.notify, &cfg.agent_page) {
+            (Some(n), Some(_)) => router.merge(crate::agent_page::router(&cfg, n, bridge.crm_api(&cfg)).map_err(DaemonError::Config)?),
+            _ => router,
+        };
         let listener = listen("http.listen", &cfg.http.listen).await?;
         let stop = stop_http.clone();
         Some(tokio::spawn(async move {

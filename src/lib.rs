@@ -3,6 +3,7 @@
 //! Data flows one way: [`ami`] → calls → triggers → outbox → zoho. See `README.md` and the
 //! module docs for the why of each stage.
 
+pub mod agent_page;
 pub mod agi;
 pub mod ami;
 pub mod calls;

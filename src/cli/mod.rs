@@ -13,6 +13,7 @@ use ami_zoho_bridge::calls::{self};
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::secret::Secret;
 
+mod agent;
 mod bench;
 mod config;
 mod deliver;
@@ -90,6 +91,13 @@ enum Command {
     },
     /// Run the bridge: read every [[pbx]], store calls, deliver to Zoho, until SIGTERM/SIGINT.
     Run {
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
+    },
+    /// Print an agent's personal link to the agent page (signed, expiring).
+    AgentLink {
+        /// The agent's e-mail (as in [agents]).
+        email: String,
         #[arg(long, default_value = "ami-zoho-bridge.toml")]
         config: PathBuf,
     },
@@ -388,6 +396,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     runtime.block_on(zoho::test(&cfg, &account))
                 }
             }
+        }
+        Command::AgentLink { email, config } => {
+            let cfg = load_config(Some(&config))?;
+            agent::agent_link(&cfg, &email)
         }
         Command::Phonebridge { command } => {
             let cfg = load_config(Some(command.config()))?;

@@ -16,6 +16,15 @@ pub const AMI_SECRET: &str = "lab-ami-secret";
 /// A small AMI server that plays a capture's events at `speed` times their recorded pace
 /// (by their `Timestamp:`), answers Login, Ping and the resync lists with empty answers.
 pub async fn paced_ami(body: Vec<u8>, speed: f64) -> u16 {
+    paced_ami_gated(body, speed, None).await
+}
+
+/// [`paced_ami`], playing only once `gate` is notified (after the client logged in).
+pub async fn paced_ami_gated(
+    body: Vec<u8>,
+    speed: f64,
+    gate: Option<Arc<tokio::sync::Notify>>,
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let body = Arc::new(body);
@@ -24,13 +33,19 @@ pub async fn paced_ami(body: Vec<u8>, speed: f64) -> u16 {
         while let Ok((sock, _)) = listener.accept().await {
             // A live PBX does not replay what a reconnecting client missed.
             let play = std::mem::take(&mut first);
-            tokio::spawn(serve(sock, body.clone(), speed, play));
+            tokio::spawn(serve(sock, body.clone(), speed, play, gate.clone()));
         }
     });
     port
 }
 
-async fn serve(sock: tokio::net::TcpStream, body: Arc<Vec<u8>>, speed: f64, play: bool) {
+async fn serve(
+    sock: tokio::net::TcpStream,
+    body: Arc<Vec<u8>>,
+    speed: f64,
+    play: bool,
+    gate: Option<Arc<tokio::sync::Notify>>,
+) {
     // The PBX's clock is the capture's: answers carry the stream time as their Timestamp, as
     // a PBX with timestampevents does on its events (the bridge never mixes in its own clock).
     let stream_time = Arc::new(std::sync::Mutex::new(
@@ -93,7 +108,11 @@ async fn serve(sock: tokio::net::TcpStream, body: Arc<Vec<u8>>, speed: f64, play
             let w = w.clone();
             let body = body.clone();
             let stream_time = stream_time.clone();
+            let gate = gate.clone();
             tokio::spawn(async move {
+                if let Some(g) = gate {
+                    g.notified().await;
+                }
                 let start = Instant::now();
                 // A live PBX's clock is now: the capture's times are moved to the present
                 // (same offset for every event, so every duration is kept), and the events

@@ -15,6 +15,7 @@ use ami_zoho_bridge::secret::Secret;
 
 mod agent;
 mod bench;
+mod bench_notify;
 mod config;
 mod deliver;
 mod demo;
@@ -197,6 +198,15 @@ enum Command {
         config: PathBuf,
         /// Multiple of the recorded pace.
         #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+    },
+    /// A capture replayed live into a local PhoneBridge: AMI event → notification latency.
+    BenchNotify {
+        file: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        /// Multiple of the recorded pace.
+        #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
     /// Parse a capture as fast as possible and print the rate (a benchmark, not a test).
@@ -423,6 +433,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load_config(Some(&config))?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(bench::bench_deliver(&file, cfg, speed))
+        }
+        Command::BenchNotify {
+            file,
+            config,
+            speed,
+        } => {
+            let cfg = load_config(Some(&config))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(bench_notify::bench_notify(&file, cfg, speed))
         }
         Command::BenchParse {
             file,

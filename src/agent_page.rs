@@ -208,11 +208,7 @@ fn card(n: &Notice) -> Card {
 }
 
 /// The `/agent` routes, fed by the real-time path; `zoho` (the CRM account) names callers.
-pub fn router(
-    cfg: &Config,
-    notify: &Notify,
-    zoho: Option<Arc<ZohoApi>>,
-) -> Result<Router, String> {
+pub fn router(cfg: &Config, notify: &Notify, zoho: Option<Arc<ZohoApi>>) -> Result<Router, String> {
     let secret = link_secret(cfg)?;
     let (cards, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -321,31 +317,37 @@ async fn events(State(s): State<Arc<Shared>>, Query(q): Query<LinkQuery>) -> Res
     let history: Vec<Card> = s
         .history
         .lock()
-        .map(|h| h.get(&email).map(|l| l.iter().cloned().collect()).unwrap_or_default())
+        .map(|h| {
+            h.get(&email)
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default()
+        })
         .unwrap_or_default();
     let first = Event::default()
         .event("history")
         .json_data(&history)
         .unwrap_or_default();
     let rx = s.cards.subscribe();
-    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(first) })
-        .chain(futures::stream::unfold((rx, email), |(mut rx, email)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(c) if c.email == email => {
-                        let ev = Event::default()
-                            .event("card")
-                            .json_data(&*c)
-                            .unwrap_or_default();
-                        metrics::counter!("azb_agent_page_events_total").increment(1);
-                        return Some((Ok(ev), (rx, email)));
+    let stream =
+        futures::stream::once(async move { Ok::<_, std::convert::Infallible>(first) }).chain(
+            futures::stream::unfold((rx, email), |(mut rx, email)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(c) if c.email == email => {
+                            let ev = Event::default()
+                                .event("card")
+                                .json_data(&*c)
+                                .unwrap_or_default();
+                            metrics::counter!("azb_agent_page_events_total").increment(1);
+                            return Some((Ok(ev), (rx, email)));
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
                     }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-            }
-        }));
+            }),
+        );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -444,7 +446,8 @@ mod tests {
     fn a_link_opens_one_agent_until_it_expires() {
         let secret = Secret::new("0123456789abcdef-test");
         let q = |s: &str| -> LinkQuery {
-            let m: HashMap<String, String> = form_urlencoded::parse(s.as_bytes()).into_owned().collect();
+            let m: HashMap<String, String> =
+                form_urlencoded::parse(s.as_bytes()).into_owned().collect();
             LinkQuery {
                 email: m.get("email").cloned(),
                 exp: m.get("exp").and_then(|v| v.parse().ok()),
@@ -452,12 +455,18 @@ mod tests {
             }
         };
         let link = sign(&secret, "Mario@Example.com", 2_000);
-        assert_eq!(verify(&secret, &q(&link), 1_000), Ok("mario@example.com".into()));
+        assert_eq!(
+            verify(&secret, &q(&link), 1_000),
+            Ok("mario@example.com".into())
+        );
         assert!(verify(&secret, &q(&link), 2_001).is_err(), "expired");
         let other = link.replace("Mario%40Example.com", "luigi%40example.com");
         assert!(verify(&secret, &q(&other), 1_000).is_err(), "another agent");
         let longer = link.replace("exp=2000", "exp=9000");
-        assert!(verify(&secret, &q(&longer), 1_000).is_err(), "a longer life");
+        assert!(
+            verify(&secret, &q(&longer), 1_000).is_err(),
+            "a longer life"
+        );
         assert!(verify(&Secret::new("another secret, 16+"), &q(&link), 1_000).is_err());
     }
 }

@@ -98,7 +98,12 @@ impl Bridge {
             Vec::new()
         });
         // With [zoho.phonebridge] log_calls, Zoho's PhoneBridge log is the call's Call record.
-        if finished && self.notify.as_ref().is_some_and(|n| n.take_logged(&call.linkedid.0)) {
+        if finished
+            && self
+                .notify
+                .as_ref()
+                .is_some_and(|n| n.take_logged(&call.linkedid.0))
+        {
             activities.retain(|a| a.module != "Calls");
         }
         if !finished && activities.is_empty() {
@@ -237,7 +242,10 @@ pub async fn ingest_pbx(
     let mut tags_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut screens = bridge.notify.as_ref().map(|n| crate::notify::Live::new(n.clone()));
+    let mut screens = bridge
+        .notify
+        .as_ref()
+        .map(|n| crate::notify::Live::new(n.clone()));
     loop {
         tokio::select! {
             biased;
@@ -280,7 +288,9 @@ pub async fn ingest_pbx(
             !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
         });
         if !outputs.is_empty() {
-            if let Some(s) = screens.as_mut() { s.finished(&outputs); }
+            if let Some(s) = screens.as_mut() {
+                s.finished(&outputs);
+            }
             bridge.handle(&pbx.name, &mut outputs, &stop).await;
         }
     }
@@ -328,7 +338,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))
             .map_err(DaemonError::Config)?;
         let router = match (&bridge.notify, &cfg.agent_page) {
-            (Some(n), Some(_)) => router.merge(crate::agent_page::router(&cfg, n, bridge.crm_api(&cfg)).map_err(DaemonError::Config)?),
+            (Some(n), Some(_)) => router.merge(
+                crate::agent_page::router(&cfg, n, bridge.crm_api(&cfg))
+                    .map_err(DaemonError::Config)?,
+            ),
             _ => router,
         };
         let listener = listen("http.listen", &cfg.http.listen).await?;

@@ -8,9 +8,9 @@
 //!
 //! Skipped (with a message) when Chromium is not installed, unless `AZB_REQUIRE_BROWSER=1`.
 
-mod support;
 #[path = "support/paced_ami.rs"]
 mod paced_ami;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -61,7 +61,11 @@ impl Driver {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let v: Value = req.send().expect("webdriver").json().expect("webdriver json");
+        let v: Value = req
+            .send()
+            .expect("webdriver")
+            .json()
+            .expect("webdriver json");
         assert!(v["value"]["error"].is_null(), "{path}: {v}");
         v["value"].clone()
     }
@@ -93,7 +97,11 @@ impl Driver {
     }
 
     fn screenshot(&self, sid: &str, name: &str) {
-        let shot = self.call(reqwest::Method::GET, &format!("/session/{sid}/screenshot"), None);
+        let shot = self.call(
+            reqwest::Method::GET,
+            &format!("/session/{sid}/screenshot"),
+            None,
+        );
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot.as_str().expect("screenshot"))
             .expect("base64");
@@ -145,7 +153,11 @@ fn agent_cards_in_headless_chromium() {
         client_secret: "lab-secret".into(),
     });
     let sim = rt
-        .block_on(SimHandle::start("127.0.0.1:0".parse().unwrap(), seed, SimLimits::default()))
+        .block_on(SimHandle::start(
+            "127.0.0.1:0".parse().unwrap(),
+            seed,
+            SimLimits::default(),
+        ))
         .expect("simulator");
     let capture = support::read_capture(
         &support::root().join("fixtures/ami-sip/inbound-answered-agent-hangup.ami"),
@@ -162,13 +174,23 @@ fn agent_cards_in_headless_chromium() {
         .expect("bridge.toml");
     let mut doc: toml::Table = text.parse().expect("toml");
     let agents: toml::Table = (1001..=1012)
-        .map(|e| (e.to_string(), toml::Value::from(format!("agent{e}@example.com"))))
+        .map(|e| {
+            (
+                e.to_string(),
+                toml::Value::from(format!("agent{e}@example.com")),
+            )
+        })
         .collect();
     doc.insert("agents".into(), agents.into());
-    let main = doc["zoho"]["accounts"]["main"].as_table_mut().expect("main");
+    let main = doc["zoho"]["accounts"]["main"]
+        .as_table_mut()
+        .expect("main");
     main.insert("accounts_url".into(), url.clone().into());
     main.insert("api_domain".into(), url.clone().into());
-    main.insert("token_file".into(), dir.path().join("tokens.json").display().to_string().into());
+    main.insert(
+        "token_file".into(),
+        dir.path().join("tokens.json").display().to_string().into(),
+    );
     main.insert("timeout_seconds".into(), 1.0.into());
     let config = dir.path().join("bridge.toml");
     std::fs::write(
@@ -208,7 +230,15 @@ listen = ""
     let code = sim.grant_code("1000.LABCLIENT", "eu", sim::BRIDGE_SCOPES, None);
     support::success_stdout(
         &support::bridge()
-            .args(["zoho", "authorize", "--account", "main", "--code", &code, "--config"])
+            .args([
+                "zoho",
+                "authorize",
+                "--account",
+                "main",
+                "--code",
+                &code,
+                "--config",
+            ])
             .arg(&config)
             .env("ZOHO_CLIENT_SECRET", "lab-secret")
             .output()
@@ -225,7 +255,10 @@ listen = ""
     };
     let link_a = link("agent1001@example.com");
     let link_b = link("agent1002@example.com");
-    assert!(link_a.starts_with(&format!("http://127.0.0.1:{http_port}/agent?")), "{link_a}");
+    assert!(
+        link_a.starts_with(&format!("http://127.0.0.1:{http_port}/agent?")),
+        "{link_a}"
+    );
 
     let bridge = support::bridge()
         .args(["run", "--config"])
@@ -248,12 +281,16 @@ listen = ""
     let query_a = link_a.split_once('?').expect("query").1;
     let stolen = query_a.replace("agent1001%40example.com", "agent1002%40example.com");
     let r = http
-        .get(format!("http://127.0.0.1:{http_port}/agent/events?{stolen}"))
+        .get(format!(
+            "http://127.0.0.1:{http_port}/agent/events?{stolen}"
+        ))
         .send()
         .expect("events");
     assert_eq!(r.status().as_u16(), 403);
     let r = http
-        .get(format!("http://127.0.0.1:{http_port}/api/interactions?{query_a}"))
+        .get(format!(
+            "http://127.0.0.1:{http_port}/api/interactions?{query_a}"
+        ))
         .send()
         .expect("api");
     assert_eq!(r.status().as_u16(), 401);
@@ -277,7 +314,11 @@ listen = ""
     let a = d.session(&dir.path().join("profile-a"));
     let b = d.session(&dir.path().join("profile-b"));
     for (sid, link) in [(&a, &link_a), (&b, &link_b)] {
-        d.call(reqwest::Method::POST, &format!("/session/{sid}/url"), Some(json!({ "url": link })));
+        d.call(
+            reqwest::Method::POST,
+            &format!("/session/{sid}/url"),
+            Some(json!({ "url": link })),
+        );
     }
     // Both pages connected before the phone rings.
     let until = Instant::now() + Duration::from_secs(30);
@@ -305,24 +346,46 @@ listen = ""
         if log.iter().any(|(s, _)| s == "ended") {
             break;
         }
-        assert!(Instant::now() < until, "no end of the call on A's page: {log:?}");
+        assert!(
+            Instant::now() < until,
+            "no end of the call on A's page: {log:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     d.screenshot(&a, "agent-page-ended.png");
     d.screenshot(&b, "agent-page-closed.png");
     let log_a = log_of(&d, &a);
-    let states_a: Vec<&str> = log_a.iter().map(|(s, _)| s.as_str()).filter(|s| *s != "contact").collect();
+    let states_a: Vec<&str> = log_a
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .filter(|s| *s != "contact")
+        .collect();
     assert_eq!(states_a, ["ringing", "answered", "ended"], "{log_a:?}");
-    let contact_at = log_a.iter().position(|(s, c)| s == "contact" && c.as_deref() == Some("Carla Neri"));
+    let contact_at = log_a
+        .iter()
+        .position(|(s, c)| s == "contact" && c.as_deref() == Some("Carla Neri"));
     let answered_at = log_a.iter().position(|(s, _)| s == "answered");
-    assert!(contact_at.is_some() && contact_at < answered_at, "the Contact's name while ringing: {log_a:?}");
-    assert!(shot_ringing, "the ringing card with the Contact's name was on screen");
+    assert!(
+        contact_at.is_some() && contact_at < answered_at,
+        "the Contact's name while ringing: {log_a:?}"
+    );
+    assert!(
+        shot_ringing,
+        "the ringing card with the Contact's name was on screen"
+    );
     let log_b = log_of(&d, &b);
-    let states_b: Vec<&str> = log_b.iter().map(|(s, _)| s.as_str()).filter(|s| *s != "contact").collect();
+    let states_b: Vec<&str> = log_b
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .filter(|s| *s != "contact")
+        .collect();
     assert_eq!(states_b, ["ringing", "closed"], "{log_b:?}");
     // The last calls list has the call on A's page.
     let rows = d.run(&a, "return document.getElementById('recent').textContent");
-    assert!(rows.as_str().unwrap_or_default().contains("ended"), "{rows}");
+    assert!(
+        rows.as_str().unwrap_or_default().contains("ended"),
+        "{rows}"
+    );
     for sid in [a, b] {
         d.call(reqwest::Method::DELETE, &format!("/session/{sid}"), None);
     }

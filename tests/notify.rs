@@ -3,9 +3,9 @@
 //! per-user timelines are checked against the truth files (which agents rang, who answered,
 //! how the call ended) — expected values from the truth files only.
 
-mod support;
 #[path = "support/paced_ami.rs"]
 mod paced_ami;
+mod support;
 use paced_ami::paced_ami;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,8 +42,10 @@ struct Rig {
 impl Rig {
     async fn start(set: &str, capture: &str, speed: f64, log_calls: bool) -> Rig {
         let truth: Value = serde_json::from_str(
-            &std::fs::read_to_string(support::root().join(format!("fixtures/{set}/{capture}.truth.json")))
-                .expect("truth"),
+            &std::fs::read_to_string(
+                support::root().join(format!("fixtures/{set}/{capture}.truth.json")),
+            )
+            .expect("truth"),
         )
         .expect("truth json");
         // Every agent extension that appears in the truth file is a Zoho user.
@@ -54,7 +56,11 @@ impl Rig {
                     exts.insert(ext_of(a));
                 }
             }
-            for a in c["observed"]["agents_rung"].as_array().into_iter().flatten() {
+            for a in c["observed"]["agents_rung"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 exts.insert(ext_of(a.as_str().expect("agent")));
             }
         }
@@ -77,7 +83,9 @@ impl Rig {
         let sim = SimHandle::start("127.0.0.1:0".parse().unwrap(), seed, SimLimits::default())
             .await
             .expect("simulator");
-        let bytes = support::read_capture(&support::root().join(format!("fixtures/{set}/{capture}.ami.gz")));
+        let bytes = support::read_capture(
+            &support::root().join(format!("fixtures/{set}/{capture}.ami.gz")),
+        );
         let body = support::ami_server::capture_body(&bytes);
         let port = paced_ami(body, speed).await;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -91,8 +99,9 @@ impl Rig {
     }
 
     fn write_config(&self, set: &str, port: u16, exts: &BTreeSet<String>, log_calls: bool) {
-        let text = std::fs::read_to_string(support::root().join(format!("fixtures/{set}/bridge.toml")))
-            .expect("bridge.toml");
+        let text =
+            std::fs::read_to_string(support::root().join(format!("fixtures/{set}/bridge.toml")))
+                .expect("bridge.toml");
         let mut doc: toml::Table = text.parse().expect("toml");
         let url = self.sim.url("eu");
         let agents: toml::Table = exts
@@ -109,7 +118,12 @@ impl Rig {
         main.insert("api_domain".into(), url.clone().into());
         main.insert(
             "token_file".into(),
-            self.dir.path().join("tokens-main.json").display().to_string().into(),
+            self.dir
+                .path()
+                .join("tokens-main.json")
+                .display()
+                .to_string()
+                .into(),
         );
         main.insert("timeout_seconds".into(), 1.0.into());
         let text = format!(
@@ -168,14 +182,24 @@ listen = ""
 
     /// The admin authorises the provider, then enables it for the org.
     async fn authorize_and_enable(&self) {
-        let crm = self.sim.grant_code(CRM_CLIENT, "eu", sim::BRIDGE_SCOPES, None);
+        let crm = self
+            .sim
+            .grant_code(CRM_CLIENT, "eu", sim::BRIDGE_SCOPES, None);
         let out = self.cli(&["zoho", "authorize", "--account", "main", "--code", &crm]);
         support::success_stdout(&out);
         let code = self.sim.grant_code(PB_CLIENT, "eu", PB_SCOPES, None);
         let me = self.config();
         let out = tokio::task::spawn_blocking(move || {
             support::bridge()
-                .args(["zoho", "authorize", "--account", "pb", "--code", &code, "--config"])
+                .args([
+                    "zoho",
+                    "authorize",
+                    "--account",
+                    "pb",
+                    "--code",
+                    &code,
+                    "--config",
+                ])
                 .arg(me)
                 .env("ZOHO_CLIENT_SECRET", CRM_SECRET)
                 .output()
@@ -301,7 +325,9 @@ fn check(sim: &SimHandle, expects: &[Expect], truth_ids: &[String]) -> Vec<Strin
                 .map(|v| v.iter().map(|p| p.state.as_str()).collect())
                 .unwrap_or_default();
             if states != [want] || got.len() != 1 {
-                problems.push(format!("{tag}: outbound: want [{want}] for {agent}, got {got:?}"));
+                problems.push(format!(
+                    "{tag}: outbound: want [{want}] for {agent}, got {got:?}"
+                ));
             }
             if logged != 1 {
                 problems.push(format!("{tag}: {logged} PhoneBridge Call records, want 1"));
@@ -316,7 +342,10 @@ fn check(sim: &SimHandle, expects: &[Expect], truth_ids: &[String]) -> Vec<Strin
         }
         let users: BTreeSet<String> = got.keys().map(|s| s.to_string()).collect();
         if users != e.rang {
-            problems.push(format!("{tag}: rang {:?}, timelines of {:?}", e.rang, users));
+            problems.push(format!(
+                "{tag}: rang {:?}, timelines of {:?}",
+                e.rang, users
+            ));
         }
         let ringing: BTreeSet<String> = got
             .iter()
@@ -324,7 +353,10 @@ fn check(sim: &SimHandle, expects: &[Expect], truth_ids: &[String]) -> Vec<Strin
             .map(|(u, _)| u.to_string())
             .collect();
         if ringing != e.rang {
-            problems.push(format!("{tag}: ringing for {ringing:?}, truth rang {:?}", e.rang));
+            problems.push(format!(
+                "{tag}: ringing for {ringing:?}, truth rang {:?}",
+                e.rang
+            ));
         }
         let answered: BTreeSet<String> = got
             .iter()
@@ -332,7 +364,10 @@ fn check(sim: &SimHandle, expects: &[Expect], truth_ids: &[String]) -> Vec<Strin
             .map(|(u, _)| u.to_string())
             .collect();
         if answered != e.answered {
-            problems.push(format!("{tag}: answered by {answered:?}, truth {:?}", e.answered));
+            problems.push(format!(
+                "{tag}: answered by {answered:?}, truth {:?}",
+                e.answered
+            ));
         }
         let taken = e.status == "answered";
         for (user, list) in &got {
@@ -346,19 +381,25 @@ fn check(sim: &SimHandle, expects: &[Expect], truth_ids: &[String]) -> Vec<Strin
                 let a = states.iter().position(|s| *s == "answered");
                 let end = states.iter().rposition(|s| *s == "ended");
                 if !(a.is_some() && end.is_some() && a < end && last == "ended") {
-                    problems.push(format!("{tag}: {user} answered: want ringing..answered..ended, got {states:?}"));
+                    problems.push(format!(
+                        "{tag}: {user} answered: want ringing..answered..ended, got {states:?}"
+                    ));
                 }
             } else if taken {
                 if last != "closed" || missed > 0 {
                     problems.push(format!("{tag}: {user} lost the ring to a colleague: want closed and no missed, got {states:?}"));
                 }
             } else if last != "missed" || missed != 1 {
-                problems.push(format!("{tag}: nobody took it: want one missed at the end for {user}, got {states:?}"));
+                problems.push(format!(
+                    "{tag}: nobody took it: want one missed at the end for {user}, got {states:?}"
+                ));
             }
         }
         let want_logged = usize::from(!e.rang.is_empty());
         if logged != want_logged {
-            problems.push(format!("{tag}: {logged} PhoneBridge Call records, want {want_logged}"));
+            problems.push(format!(
+                "{tag}: {logged} PhoneBridge Call records, want {want_logged}"
+            ));
         }
     }
     // Exactly one Call record per call in Zoho, whoever wrote it.
@@ -370,10 +411,15 @@ fn check(sim: &SimHandle, expects: &[Expect], truth_ids: &[String]) -> Vec<Strin
         let rest = records
             .iter()
             .filter_map(|r| r["Description"].as_str())
-            .filter(|d| d.lines().any(|l| l.strip_prefix("Linkedid: ") == Some(id.as_str())))
+            .filter(|d| {
+                d.lines()
+                    .any(|l| l.strip_prefix("Linkedid: ") == Some(id.as_str()))
+            })
             .count();
         if pb + rest != 1 {
-            problems.push(format!("{id}: {pb} PhoneBridge + {rest} REST Call records, want one in all"));
+            problems.push(format!(
+                "{id}: {pb} PhoneBridge + {rest} REST Call records, want one in all"
+            ));
         }
     }
     problems
@@ -404,7 +450,11 @@ async fn busy_hour(set: &str, capture: &str, speed: f64) {
             break;
         }
         // Nothing new for a while after the capture's end: the answer will not change.
-        stable = if requests == last_requests { stable + 1 } else { 0 };
+        stable = if requests == last_requests {
+            stable + 1
+        } else {
+            0
+        };
         last_requests = requests;
         if stable > 20 && requests > 0 {
             break;
@@ -435,7 +485,6 @@ async fn busyhour_seed11_timelines_match_the_truth() {
 async fn busyhour_seed7_timelines_match_the_truth() {
     busy_hour("ami-real", "busyhour-seed7", speed()).await;
 }
-
 
 /// The replay speed (a multiple of the recorded pace): `AZB_NOTIFY_SPEED`, default 40.
 fn speed() -> f64 {

@@ -4,9 +4,9 @@
 //! refuses everything: the errors are logged with the call and the agent, counted in
 //! `/metrics`, and the REST Call activities still go out.
 
-mod support;
 #[path = "support/paced_ami.rs"]
 mod paced_ami;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +32,13 @@ async fn sim_with(clients: &[(&str, &str)]) -> SimHandle {
         .expect("simulator")
 }
 
-async fn client(sim: &SimHandle, dir: &std::path::Path, id: &str, secret: &str, scopes: &str) -> PhoneBridge {
+async fn client(
+    sim: &SimHandle,
+    dir: &std::path::Path,
+    id: &str,
+    secret: &str,
+    scopes: &str,
+) -> PhoneBridge {
     let acc = AccountConfig {
         accounts_url: Some(sim.url("eu")),
         api_domain: Some(sim.url("eu")),
@@ -71,7 +77,10 @@ async fn the_simulator_refuses_what_zoho_refuses() {
     // The demo org's agent1001@example.com (id 5725767000000411002).
     let user = "pb5725767000000411002";
 
-    let e = a.callnotify(&ringing(user)).await.expect_err("before integrate");
+    let e = a
+        .callnotify(&ringing(user))
+        .await
+        .expect_err("before integrate");
     assert_eq!(code(&e), "PBX_NOT_INTEGRATED", "{e}");
     assert_eq!(e.retry(), Retry::Permanent);
 
@@ -80,7 +89,12 @@ async fn the_simulator_refuses_what_zoho_refuses() {
     assert_eq!(code(&e), "DIFFERENT_PROVIDER_ALREADY_ENABLED", "{e}");
 
     let users = a.users().await.expect("users");
-    assert!(users.iter().any(|u| u.zohouser == user && u.email == "agent1001@example.com"), "{users:?}");
+    assert!(
+        users
+            .iter()
+            .any(|u| u.zohouser == user && u.email == "agent1001@example.com"),
+        "{users:?}"
+    );
 
     a.callnotify(&ringing(user)).await.expect("ringing");
 
@@ -92,7 +106,10 @@ async fn the_simulator_refuses_what_zoho_refuses() {
 
     let mut missed = ringing(user);
     missed[1].1 = "missed".into();
-    let e = a.callnotify(&missed).await.expect_err("missed without start_time");
+    let e = a
+        .callnotify(&missed)
+        .await
+        .expect_err("missed without start_time");
     assert_eq!(code(&e), "REQUIRED_PARAM_MISSING", "{e}");
     missed.push(("start_time", "2026-11-23T20:32:32Z".into()));
     let e = a.callnotify(&missed).await.expect_err("ISO time");
@@ -107,7 +124,10 @@ async fn the_simulator_refuses_what_zoho_refuses() {
             &std::fs::read_to_string(dir.path().join("tokens-1000.PBA.json")).expect("tokens"),
         )
         .expect("json");
-        t["access_token"].as_str().expect("access token").to_string()
+        t["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_string()
     };
     let raw = reqwest::Client::new()
         .post(format!("{}/phonebridge/v3/callnotify", sim.url("eu")))
@@ -137,7 +157,10 @@ async fn the_simulator_refuses_what_zoho_refuses() {
 
     // The timeline shows what the agent saw: one ringing, then the missed call.
     let t = sim.phonebridge_timeline();
-    let states: Vec<&str> = t["agent1001@example.com"].iter().map(|p| p.state.as_str()).collect();
+    let states: Vec<&str> = t["agent1001@example.com"]
+        .iter()
+        .map(|p| p.state.as_str())
+        .collect();
     assert_eq!(states, ["ringing", "missed"]);
 }
 
@@ -178,14 +201,28 @@ async fn refusals_are_logged_counted_and_leave_the_call_activity_alone() {
         .expect("bridge.toml");
     let mut doc: toml::Table = text.parse().expect("toml");
     let agents: toml::Table = (1001..=1012)
-        .map(|e| (e.to_string(), toml::Value::from(format!("agent{e}@example.com"))))
+        .map(|e| {
+            (
+                e.to_string(),
+                toml::Value::from(format!("agent{e}@example.com")),
+            )
+        })
         .collect();
     doc.insert("agents".into(), agents.into());
     let url = sim.url("eu");
-    let main = doc["zoho"]["accounts"]["main"].as_table_mut().expect("main");
+    let main = doc["zoho"]["accounts"]["main"]
+        .as_table_mut()
+        .expect("main");
     main.insert("accounts_url".into(), url.clone().into());
     main.insert("api_domain".into(), url.clone().into());
-    main.insert("token_file".into(), dir.path().join("tokens-main.json").display().to_string().into());
+    main.insert(
+        "token_file".into(),
+        dir.path()
+            .join("tokens-main.json")
+            .display()
+            .to_string()
+            .into(),
+    );
     main.insert("timeout_seconds".into(), 1.0.into());
     let config = dir.path().join("bridge.toml");
     std::fs::write(
@@ -243,7 +280,15 @@ listen = ""
     ] {
         let code = sim.grant_code(client, "eu", scopes, None);
         let out = support::bridge()
-            .args(["zoho", "authorize", "--account", account, "--code", &code, "--config"])
+            .args([
+                "zoho",
+                "authorize",
+                "--account",
+                account,
+                "--code",
+                &code,
+                "--config",
+            ])
             .arg(&config)
             .env("ZOHO_CLIENT_SECRET", "lab-secret")
             .output()
@@ -295,7 +340,10 @@ listen = ""
         .lines()
         .find(|l| l.contains("PhoneBridge callnotify failed") && l.contains("PBX_NOT_INTEGRATED"))
         .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
-    assert!(refusal.contains(&format!("linkedid={linkedid}")), "{refusal}");
+    assert!(
+        refusal.contains(&format!("linkedid={linkedid}")),
+        "{refusal}"
+    );
     assert!(refusal.contains("agent=agent100"), "{refusal}");
     let counted = metrics
         .lines()
@@ -305,4 +353,3 @@ listen = ""
     // Nothing was shown in Zoho, and the REST Call exists: the refusal did not stop it.
     assert!(sim.phonebridge_timeline().is_empty());
 }
-

@@ -28,11 +28,19 @@ pub(crate) async fn bench_notify(file: &Path, mut cfg: Config, speed: f64) -> an
     std::fs::create_dir_all(&dir)?;
     // Every agent of the configuration is a PhoneBridge user of the simulated org.
     let mut seed = sim::demo_seed();
-    let mut emails: Vec<String> = cfg.agents.values().map(|e| e.to_ascii_lowercase()).collect();
+    let mut emails: Vec<String> = cfg
+        .agents
+        .values()
+        .map(|e| e.to_ascii_lowercase())
+        .collect();
     emails.sort();
     emails.dedup();
     for (i, email) in emails.iter().enumerate() {
-        if !seed.users.iter().any(|u| u.email.eq_ignore_ascii_case(email)) {
+        if !seed
+            .users
+            .iter()
+            .any(|u| u.email.eq_ignore_ascii_case(email))
+        {
             seed.users.push(SimUser {
                 id: format!("57257670000009{:05}", i),
                 email: email.clone(),
@@ -62,10 +70,14 @@ pub(crate) async fn bench_notify(file: &Path, mut cfg: Config, speed: f64) -> an
     PhoneBridge::new(oauth, Duration::from_secs(5))?
         .integrate(true)
         .await?;
-    let mut pb = cfg.zoho.phonebridge.clone().unwrap_or_else(|| PhoneBridgeConfig {
-        agent_number: "+39069999{ext}".into(),
-        ..PhoneBridgeConfig::default()
-    });
+    let mut pb = cfg
+        .zoho
+        .phonebridge
+        .clone()
+        .unwrap_or_else(|| PhoneBridgeConfig {
+            agent_number: "+39069999{ext}".into(),
+            ..PhoneBridgeConfig::default()
+        });
     pb.account = "bench-pb".into();
     pb.log_calls = true;
     cfg.zoho.accounts.insert("bench-pb".into(), acc);
@@ -84,7 +96,11 @@ pub(crate) async fn bench_notify(file: &Path, mut cfg: Config, speed: f64) -> an
     let started = Instant::now();
     let mut first_ts: Option<i64> = None;
     let mut calls = 0usize;
-    let count = |o: &[Output]| o.iter().filter(|o| matches!(o, Output::Finished(_))).count();
+    let count = |o: &[Output]| {
+        o.iter()
+            .filter(|o| matches!(o, Output::Finished(_)))
+            .count()
+    };
     for event in replay {
         let event = event?;
         if let SourceEvent::Message(m) = &event {
@@ -120,7 +136,13 @@ pub(crate) async fn bench_notify(file: &Path, mut cfg: Config, speed: f64) -> an
             .stats
             .lock()
             .map_err(|_| anyhow::anyhow!("statistics poisoned"))?;
-        (s.latencies_ms.clone(), s.sent, s.dropped_ringing, s.failed, s.lost)
+        (
+            s.latencies_ms.clone(),
+            s.sent,
+            s.dropped_ringing,
+            s.failed,
+            s.lost,
+        )
     };
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| {

@@ -41,7 +41,9 @@ impl PhoneBridgeCommand {
 
 fn client(cfg: &Config) -> anyhow::Result<PhoneBridge> {
     let pb = cfg.zoho.phonebridge.as_ref().ok_or_else(|| {
-        UsageError("key zoho.phonebridge: no [zoho.phonebridge] section in the configuration".into())
+        UsageError(
+            "key zoho.phonebridge: no [zoho.phonebridge] section in the configuration".into(),
+        )
     })?;
     let acc = super::zoho::account(cfg, &pb.account)?;
     let http = super::zoho::http_client(pb.timeout_seconds)?;
@@ -90,7 +92,10 @@ pub(crate) async fn phonebridge(cfg: &Config, command: PhoneBridgeCommand) -> an
                     .get(&u.email)
                     .cloned()
                     .unwrap_or_else(|| u.zohouser.clone());
-                let who = agents.get(&email).map(|v| v.join(",")).unwrap_or_else(|| "-".into());
+                let who = agents
+                    .get(&email)
+                    .map(|v| v.join(","))
+                    .unwrap_or_else(|| "-".into());
                 writeln!(out, "{id}\t{}\t{}\t{who}", u.email, u.username)?;
             }
             for (email, keys) in &agents {

@@ -103,14 +103,14 @@ pub fn validate(cfg: &crate::config::Config) -> Result<(), String> {
                 pb.account
             ));
         }
-        if !pb.agent_number.contains("{ext}") || agent_number(&pb.agent_number, "1001").is_none()
-        {
+        if !pb.agent_number.contains("{ext}") || agent_number(&pb.agent_number, "1001").is_none() {
             return Err(format!(
                 "key {key}.agent_number: '{}' must give an E.164 number with {{ext}} for the extension, e.g. \"+39069999{{ext}}\"",
                 pb.agent_number
             ));
         }
-        if !(pb.ring_deadline_seconds.is_finite() && (0.1..=60.0).contains(&pb.ring_deadline_seconds))
+        if !(pb.ring_deadline_seconds.is_finite()
+            && (0.1..=60.0).contains(&pb.ring_deadline_seconds))
         {
             return Err(format!(
                 "key {key}.ring_deadline_seconds: between 0.1 and 60"

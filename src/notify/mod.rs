@@ -102,11 +102,7 @@ impl Observer {
         let Some(event) = m.event() else { return };
         let relevant = matches!(
             event,
-            b"AgentCalled"
-                | b"AgentRingNoAnswer"
-                | b"AgentConnect"
-                | b"DialBegin"
-                | b"DialEnd"
+            b"AgentCalled" | b"AgentRingNoAnswer" | b"AgentConnect" | b"DialBegin" | b"DialEnd"
         );
         if !relevant {
             return;
@@ -300,7 +296,7 @@ impl PhoneBridgeSink {
             }
         }
         let mut g = self.users.write().await;
-        if !g.1.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        if g.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             g.1 = Some(Instant::now());
             match self.client.users().await {
                 Ok(list) => {
@@ -325,14 +321,19 @@ impl PhoneBridgeSink {
             return false;
         }
         let user = self.cfg.users.contains_key(&n.agent.email)
-            || self.users.try_read().is_ok_and(|g| {
-                g.0.contains_key(&n.agent.email.to_ascii_lowercase())
-            });
+            || self
+                .users
+                .try_read()
+                .is_ok_and(|g| g.0.contains_key(&n.agent.email.to_ascii_lowercase()));
         user && self.params(n, String::new()).is_ok_and(|p| p.is_some())
     }
 
     /// The callnotify parameters of a notice; `Err(reason)` when it cannot be sent.
-    fn params(&self, n: &Notice, zohouser: String) -> Result<Option<Vec<(&'static str, String)>>, &'static str> {
+    fn params(
+        &self,
+        n: &Notice,
+        zohouser: String,
+    ) -> Result<Option<Vec<(&'static str, String)>>, &'static str> {
         let agent_number = config::agent_number(&self.cfg.agent_number, &n.agent.ext)
             .ok_or("agent number not E.164")?;
         let country = crate::phone::country(&self.default_country);
@@ -393,7 +394,8 @@ impl PhoneBridgeSink {
         let deadline = Duration::from_secs_f64(self.cfg.ring_deadline_seconds);
         let late = |o: &Outgoing| n.kind == Kind::Ringing && o.arrival.elapsed() > deadline;
         let Some(zohouser) = self.zohouser(&n.agent.email).await else {
-            metrics::counter!("azb_phonebridge_skipped_total", "reason" => "no PhoneBridge user").increment(1);
+            metrics::counter!("azb_phonebridge_skipped_total", "reason" => "no PhoneBridge user")
+                .increment(1);
             tracing::debug!(linkedid = %n.call, agent = %n.agent.email, state, "PhoneBridge: agent is no PhoneBridge user");
             return;
         };
@@ -410,7 +412,8 @@ impl PhoneBridgeSink {
         for attempt in 1..=5u32 {
             if late(o) {
                 stats.lock().map(|mut s| s.dropped_ringing += 1).ok();
-                metrics::counter!("azb_phonebridge_dropped_total", "state" => "ringing").increment(1);
+                metrics::counter!("azb_phonebridge_dropped_total", "state" => "ringing")
+                    .increment(1);
                 tracing::warn!(linkedid = %n.call, agent = %n.agent.email, "PhoneBridge: ringing not sent within the deadline, dropped");
                 return;
             }
@@ -419,7 +422,8 @@ impl PhoneBridgeSink {
                 match tokio::time::timeout(left, self.client.callnotify(&params)).await {
                     Ok(r) => r,
                     Err(_) => Err(ZohoError::Network {
-                        message: "phonebridge/callnotify: no answer before the ring deadline".into(),
+                        message: "phonebridge/callnotify: no answer before the ring deadline"
+                            .into(),
                         retry: Retry::Transient,
                     }),
                 }
@@ -567,13 +571,15 @@ impl Notify {
                     if let Ok(mut s) = self.stats.lock() {
                         s.lost += 1;
                     }
-                    metrics::counter!("azb_phonebridge_dropped_total", "state" => kind.as_str()).increment(1);
+                    metrics::counter!("azb_phonebridge_dropped_total", "state" => kind.as_str())
+                        .increment(1);
                     tracing::error!(linkedid = %call, agent = %agent, state = kind.as_str(), "PhoneBridge queue full: end notification not sent");
                 } else {
                     if let Ok(mut s) = self.stats.lock() {
                         s.dropped_ringing += 1;
                     }
-                    metrics::counter!("azb_phonebridge_dropped_total", "state" => kind.as_str()).increment(1);
+                    metrics::counter!("azb_phonebridge_dropped_total", "state" => kind.as_str())
+                        .increment(1);
                     tracing::warn!(linkedid = %call, agent = %agent, state = kind.as_str(), "PhoneBridge queue full: notification dropped");
                 }
             }
@@ -582,9 +588,7 @@ impl Notify {
 
     /// Whether every queue is empty (for tests and benchmarks waiting for the last sends).
     pub fn idle(&self) -> bool {
-        self.shards
-            .iter()
-            .all(|s| s.capacity() == s.max_capacity())
+        self.shards.iter().all(|s| s.capacity() == s.max_capacity())
     }
 }
 

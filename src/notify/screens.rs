@@ -309,7 +309,8 @@ impl Screens {
 
     fn evict(&mut self, now: Micros) {
         if self.calls.len() < MAX_CALLS {
-            self.calls.retain(|_, s| now.0 - s.started.0 < MAX_AGE_MICROS);
+            self.calls
+                .retain(|_, s| now.0 - s.started.0 < MAX_AGE_MICROS);
             return;
         }
         if let Some(oldest) = self

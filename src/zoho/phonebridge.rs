@@ -54,11 +54,7 @@ impl PhoneBridge {
 
     /// `POST /phonebridge/v3/integrate` (enable) or `DELETE` (disable) for the org.
     pub async fn integrate(&self, enable: bool) -> Result<(), ZohoError> {
-        let method = if enable {
-            Method::POST
-        } else {
-            Method::DELETE
-        };
+        let method = if enable { Method::POST } else { Method::DELETE };
         self.call(method, "integrate", &[], None).await.map(|_| ())
     }
 
@@ -220,7 +216,10 @@ mod tests {
 
     #[test]
     fn plus_is_percent_encoded_and_times_are_gmt() {
-        let body = form(&[("from", "+393331588952".into()), ("to", "+390699991001".into())]);
+        let body = form(&[
+            ("from", "+393331588952".into()),
+            ("to", "+390699991001".into()),
+        ]);
         assert_eq!(body, "from=%2B393331588952&to=%2B390699991001");
         // 1795465952.020 = 2026-11-23T20:32:32.020Z (truth file bh-0009 start_time).
         assert_eq!(

@@ -57,7 +57,12 @@ async fn serve(
     let (r, w) = sock.into_split();
     let w = Arc::new(tokio::sync::Mutex::new(w));
     let mut reader = BufReader::new(r);
-    if w.lock().await.write_all(b"Asterisk Call Manager/9.0.0\r\n").await.is_err() {
+    if w.lock()
+        .await
+        .write_all(b"Asterisk Call Manager/9.0.0\r\n")
+        .await
+        .is_err()
+    {
         return;
     }
     let mut playing = false;
@@ -83,7 +88,11 @@ async fn serve(
         let id = fields.get("actionid").cloned().unwrap_or_default();
         let now = *stream_time.lock().unwrap();
         let id = format!("{id}\r\nTimestamp: {now:.6}");
-        let action = fields.get("action").cloned().unwrap_or_default().to_ascii_lowercase();
+        let action = fields
+            .get("action")
+            .cloned()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let answer = match action.as_str() {
             "login" if fields.get("secret").map(String::as_str) == Some(AMI_SECRET) => {
                 format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n")
@@ -140,7 +149,11 @@ async fn serve(
                         // gets the stream time.
                         None => {
                             let now = (*stream_time.lock().unwrap()).max(wall);
-                            [&msg[..msg.len().saturating_sub(2)], format!("Timestamp: {now:.6}\r\n\r\n").as_bytes()].concat()
+                            [
+                                &msg[..msg.len().saturating_sub(2)],
+                                format!("Timestamp: {now:.6}\r\n\r\n").as_bytes(),
+                            ]
+                            .concat()
                         }
                     };
                     if w.lock().await.write_all(&shifted).await.is_err() {
@@ -200,4 +213,3 @@ fn timestamp(msg: &[u8]) -> Option<f64> {
         .find_map(|l| l.strip_prefix("Timestamp: "))
         .and_then(|v| v.trim().parse().ok())
 }
-

@@ -20,8 +20,8 @@ use accounts::{revoke, token};
 pub use control::{demo_seed, BRIDGE_SCOPES};
 use control::{list_records, new_code};
 use people::{invalid_module, list_people, search, users, zoho_now};
-use records::{insert, search_activities};
 pub use phonebridge::PopEntry;
+use records::{insert, search_activities};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -249,7 +249,10 @@ impl SimHandle {
                 post(phonebridge::integrate).delete(phonebridge::integrate),
             )
             .route("/{dc}/phonebridge/v3/users", get(phonebridge::users))
-            .route("/{dc}/phonebridge/v3/callnotify", post(phonebridge::callnotify))
+            .route(
+                "/{dc}/phonebridge/v3/callnotify",
+                post(phonebridge::callnotify),
+            )
             .route("/sim/phonebridge/timeline", get(phonebridge::timeline_json))
             .route("/sim/codes", post(new_code))
             .route("/sim/records/{module}", get(list_records))

@@ -341,7 +341,12 @@ pub(super) async fn callnotify(
     };
     let root = match transferred {
         Some(t) => g.pb.roots.get(t).cloned().unwrap_or_else(|| t.to_string()),
-        None => g.pb.roots.get(id).cloned().unwrap_or_else(|| id.to_string()),
+        None => {
+            g.pb.roots
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        }
     };
     g.pb.roots.insert(id.to_string(), root.clone());
     let key = (id.to_string(), user.to_string());
@@ -354,11 +359,10 @@ pub(super) async fn callnotify(
     if state == "answered" {
         g.pb.answered.insert(key);
     }
-    let logs = match (kind, shown) {
-        ("received", "missed") | ("received", "ended") => true,
-        ("dialed", _) => true,
-        _ => false,
-    };
+    let logs = matches!(
+        (kind, shown),
+        ("received", "missed") | ("received", "ended") | ("dialed", _)
+    );
     if logs {
         let call_type = match (kind, shown) {
             ("received", "missed") => "Missed",
@@ -406,7 +410,10 @@ pub(super) async fn callnotify(
         duration,
         transferred_from: transferred.map(str::to_string),
     };
-    g.pb.timeline.entry(user.to_string()).or_default().push(entry);
+    g.pb.timeline
+        .entry(user.to_string())
+        .or_default()
+        .push(entry);
     success()
 }
 

@@ -7,8 +7,9 @@
 //! the moments the tracker made of it) into per-agent [`screens::Signal`]s and
 //! [`screens::Notice`]s synchronously, with no I/O, and hands the notices to bounded queues
 //! with `try_send`: the AMI reader never waits for Zoho, and Zoho's pace never reaches the
-//! outbox. Workers (one queue per shard, a call always on the same shard so its notices stay
-//! in order) send them; a `ringing` older than `ring_deadline_seconds` is dropped, end
+//! outbox. Workers (one queue per shard; one agent's notices of one call always on the same
+//! shard, so they stay in order, while the phones of a ringall queue go out in parallel) send
+//! them; a `ringing` older than `ring_deadline_seconds` is dropped, end
 //! notifications are retried.
 //!
 //! Why per-agent state is derived here from the events and not in the tracker: the tracker's
@@ -560,7 +561,9 @@ impl Notify {
             if self.shards.is_empty() {
                 continue;
             }
-            let shard = shard_of(&n.call, self.shards.len());
+            // One agent's notices of one call stay in order on one shard; the phones of a
+            // ringall queue ring in parallel on several.
+            let shard = shard_of(&n.call, &n.agent.ext, self.shards.len());
             let kind = n.kind;
             let call = n.call.clone();
             let agent = n.agent.email.clone();
@@ -592,10 +595,11 @@ impl Notify {
     }
 }
 
-fn shard_of(call: &str, n: usize) -> usize {
+fn shard_of(call: &str, agent: &str, n: usize) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     call.hash(&mut h);
+    agent.hash(&mut h);
     (h.finish() as usize) % n.max(1)
 }
 

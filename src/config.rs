@@ -28,6 +28,8 @@ pub struct Config {
     pub agi: AgiConfig,
     pub limits: LimitsConfig,
     pub click_to_dial: crate::dial::config::ClickToDialConfig,
+    /// `[agent_page]`: the bridge's own agent screen (see `notify::config`).
+    pub agent_page: Option<crate::notify::config::AgentPageConfig>,
 }
 
 /// `[[pbx]]`: one Asterisk Manager Interface to read.
@@ -257,6 +259,8 @@ impl Default for AgiConfig {
 pub struct ZohoConfig {
     pub accounts: BTreeMap<String, AccountConfig>,
     pub configurations: BTreeMap<String, ActivityConfig>,
+    /// `[zoho.phonebridge]`: Zoho PhoneBridge v3 pop-ups (see `notify::config`).
+    pub phonebridge: Option<crate::notify::config::PhoneBridgeConfig>,
 }
 
 /// `[zoho.accounts.NAME]`: one Self Client on one data center.
@@ -502,6 +506,7 @@ impl Config {
         }
         crate::triggers::validate(&self.triggers, &self.zoho)?;
         crate::dial::config::validate(self)?;
+        crate::notify::config::validate(self)?;
         self.validate_runtime()
     }
 

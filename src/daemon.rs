@@ -44,6 +44,8 @@ pub struct Bridge {
     pub pipeline: Arc<Pipeline>,
     pub store: Store,
     pub delivery: Arc<Delivery>,
+    /// The real-time path (PhoneBridge pop-ups, agent page), when configured.
+    pub notify: Option<Arc<crate::notify::Notify>>,
 }
 
 impl Bridge {
@@ -53,11 +55,22 @@ impl Bridge {
         let store = Store::open(&cfg.store.url).await?;
         let apis = zoho_clients(cfg).map_err(|e| DaemonError::Config(e.to_string()))?;
         let delivery = Arc::new(Delivery::new(cfg, store.clone(), apis));
+        let notify = crate::notify::wanted(cfg)
+            .then(|| crate::notify::from_config(cfg, CancellationToken::new()))
+            .transpose()
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
         Ok(Bridge {
             pipeline,
             store,
             delivery,
+            notify,
         })
+    }
+
+    /// The CRM account of the first configuration (the agent page names callers with it).
+    pub fn crm_api(&self, cfg: &Config) -> Option<Arc<crate::zoho::api::ZohoApi>> {
+        let account = &cfg.zoho.configurations.values().next()?.account;
+        self.delivery.apis().get(account).cloned()
     }
 
     /// Hands tracker outputs on: triggers, render, one transaction per call, wake a worker.
@@ -129,10 +142,19 @@ impl Bridge {
     /// it committed.
     async fn store_once(&self, pbx: &str, call: &Call, on: On) -> Result<(), StoreError> {
         let finished = on == On::End;
-        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
+        let mut activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot render the call's records; they are not stored");
             Vec::new()
         });
+        // With [zoho.phonebridge] log_calls, Zoho's PhoneBridge log is the call's Call record.
+        let logged_by_phonebridge = finished
+            && self
+                .notify
+                .as_ref()
+                .is_some_and(|n| n.is_logged(&call.linkedid.0));
+        if logged_by_phonebridge {
+            activities.retain(|a| a.module != "Calls");
+        }
         if !finished && activities.is_empty() {
             return Ok(());
         }
@@ -155,6 +177,11 @@ impl Bridge {
                 records = added,
                 "call finished"
             );
+        }
+        if logged_by_phonebridge {
+            if let Some(n) = &self.notify {
+                n.take_logged(&call.linkedid.0);
+            }
         }
         if added > 0 {
             self.delivery.wake();
@@ -214,6 +241,7 @@ const TAG_WAIT: Duration = Duration::from_secs(5);
 pub fn tracker_for(cfg: &Config) -> Tracker {
     let mut calls = cfg.calls.clone();
     calls.emit_moments |= cfg.triggers.iter().any(|t| t.on != On::End);
+    calls.emit_moments |= crate::notify::wanted(cfg);
     Tracker::new(calls)
 }
 
@@ -291,6 +319,10 @@ pub async fn ingest_pbx(
     let mut tags_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut screens = bridge
+        .notify
+        .as_ref()
+        .map(|n| crate::notify::Live::new(n.clone()));
     loop {
         tokio::select! {
             biased;
@@ -308,7 +340,13 @@ pub async fn ingest_pbx(
                     } else {
                         session_event(&pbx.name, &ev, &health, &reconnects, &mut gaps);
                     }
+                    let before = outputs.len();
                     tracker.feed(&ev, clock.now(), &mut outputs);
+                    // The agent screens read the event with the moments it caused (only those:
+                    // a batch's earlier outputs are still in `outputs`).
+                    if let (Some(s), SourceEvent::Message(m)) = (screens.as_mut(), &ev) {
+                        s.message(m, &outputs[before..]);
+                    }
                 }
             },
             tag = tags.recv(), if tags_open => match tag {
@@ -331,6 +369,9 @@ pub async fn ingest_pbx(
             !tracker.tag(&t.uniqueid, &t.key, &t.value) && at.elapsed() < TAG_WAIT
         });
         if !outputs.is_empty() {
+            if let Some(s) = screens.as_mut() {
+                s.finished(&outputs);
+            }
             continuity::count_resynced(&pbx.name, &outputs);
             tokio::select! {
                 _ = queue.push(&mut outputs) => {}
@@ -425,6 +466,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         };
         let router = crate::http::router(&cfg, bridge.store.clone(), Some(ops))
             .map_err(DaemonError::Config)?;
+        let router = match (&bridge.notify, &cfg.agent_page) {
+            (Some(n), Some(_)) => router.merge(
+                crate::agent_page::router(&cfg, n, bridge.crm_api(&cfg))
+                    .map_err(DaemonError::Config)?,
+            ),
+            _ => router,
+        };
         let listener = listen("http.listen", &cfg.http.listen).await?;
         let stop = stop_http.clone();
         let limits = crate::websec::ServeLimits::from_config(&cfg.http);

@@ -3,6 +3,7 @@
 //! Data flows one way: [`ami`] → calls → triggers → outbox → zoho. See `README.md` and the
 //! module docs for the why of each stage.
 
+pub mod agent_page;
 pub mod agi;
 pub mod ami;
 pub mod calls;
@@ -11,6 +12,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod dial;
 pub mod http;
+pub mod notify;
 pub mod ops;
 pub mod persist;
 pub mod phone;

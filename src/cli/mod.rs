@@ -13,12 +13,15 @@ use ami_zoho_bridge::calls::{self};
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::secret::Secret;
 
+mod agent;
 mod bench;
+mod bench_notify;
 mod config;
 mod deliver;
 mod demo;
 mod dial;
 mod outbox;
+mod phonebridge;
 mod replay;
 mod search;
 mod zoho;
@@ -92,6 +95,18 @@ enum Command {
     Run {
         #[arg(long, default_value = "ami-zoho-bridge.toml")]
         config: PathBuf,
+    },
+    /// Print an agent's personal link to the agent page (signed, expiring).
+    AgentLink {
+        /// The agent's e-mail (as in [agents]).
+        email: String,
+        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        config: PathBuf,
+    },
+    /// Zoho PhoneBridge: enable or disable the integration, list its users.
+    Phonebridge {
+        #[command(subcommand)]
+        command: phonebridge::PhoneBridgeCommand,
     },
     /// Configuration commands.
     Config {
@@ -195,6 +210,15 @@ enum Command {
         config: PathBuf,
         /// Multiple of the recorded pace.
         #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+    },
+    /// A capture replayed live into a local PhoneBridge: AMI event → notification latency.
+    BenchNotify {
+        file: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        /// Multiple of the recorded pace.
+        #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
     /// Parse a capture as fast as possible and print the rate (a benchmark, not a test).
@@ -395,6 +419,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::AgentLink { email, config } => {
+            let cfg = load_config(Some(&config))?;
+            agent::agent_link(&cfg, &email)
+        }
+        Command::Phonebridge { command } => {
+            let cfg = load_config(Some(command.config()))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(phonebridge::phonebridge(&cfg, command))
+        }
         Command::ZohoSim { listen, seed } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(zoho::run_sim(listen, seed.as_deref()))
@@ -421,6 +454,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load_config(Some(&config))?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(bench::bench_deliver(&file, cfg, speed))
+        }
+        Command::BenchNotify {
+            file,
+            config,
+            speed,
+        } => {
+            let cfg = load_config(Some(&config))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(bench_notify::bench_notify(&file, cfg, speed))
         }
         Command::BenchParse {
             file,

@@ -5,6 +5,7 @@ pub mod activity;
 pub mod api;
 pub mod oauth;
 pub mod phonebook;
+pub mod phonebridge;
 pub mod sim;
 
 use std::fmt;

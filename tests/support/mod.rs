@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 pub mod ami_server;
-pub mod pbx;
 pub mod originate_server;
+pub mod pbx;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -13,12 +13,14 @@
 mod accounts;
 mod control;
 mod people;
+mod phonebridge;
 mod records;
 
 use accounts::{revoke, token};
 pub use control::{demo_seed, BRIDGE_SCOPES};
 use control::{list_records, new_code};
 use people::{invalid_module, list_people, search, users, zoho_now};
+pub use phonebridge::PopEntry;
 use records::{insert, search_activities};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -174,6 +176,8 @@ struct Inner {
     stats: SimStats,
     /// Modified_Time of Contacts and Leads added or changed after the seed.
     modified: HashMap<String, String>,
+    /// PhoneBridge: the enabled provider, the per-user timelines.
+    pb: phonebridge::PbState,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -215,6 +219,7 @@ impl SimHandle {
             next_id: 5_725_767_000_000_600_000,
             stats: SimStats::default(),
             modified: HashMap::new(),
+            pb: Default::default(),
         };
         for c in &seed.grant_codes {
             let expires = Instant::now() + inner.limits.code_lifetime;
@@ -239,6 +244,16 @@ impl SimHandle {
                 "/{dc}/crm/{version}/{module}",
                 post(insert).get(list_people),
             )
+            .route(
+                "/{dc}/phonebridge/v3/integrate",
+                post(phonebridge::integrate).delete(phonebridge::integrate),
+            )
+            .route("/{dc}/phonebridge/v3/users", get(phonebridge::users))
+            .route(
+                "/{dc}/phonebridge/v3/callnotify",
+                post(phonebridge::callnotify),
+            )
+            .route("/sim/phonebridge/timeline", get(phonebridge::timeline_json))
             .route("/sim/codes", post(new_code))
             .route("/sim/records/{module}", get(list_records))
             .with_state(inner.clone());
@@ -322,6 +337,16 @@ impl SimHandle {
             .entry(field.to_string())
             .or_default()
             .push(value.to_string());
+    }
+
+    /// What each agent's Zoho showed through PhoneBridge, by the agent's e-mail, in order.
+    pub fn phonebridge_timeline(&self) -> HashMap<String, Vec<PopEntry>> {
+        phonebridge::timeline_by_email(&lock(&self.inner))
+    }
+
+    /// PhoneBridge requests received (any endpoint, answered or refused).
+    pub fn phonebridge_requests(&self) -> usize {
+        lock(&self.inner).pb.requests
     }
 
     pub fn stats(&self) -> SimStats {

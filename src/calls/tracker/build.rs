@@ -13,7 +13,12 @@ impl Tracker {
         let inbound = self.is_trunk(&c.first_context, &c.first_name);
         let direction = if inbound {
             Direction::Inbound
-        } else if c.route.is_some() || c.trunk_leg {
+        } else if c.route.is_some()
+            || c.trunk_leg
+            // A click-to-dial whose agent never answered: the number was never dialled, but
+            // the call was one to the outside world.
+            || (c.originated && c.origin_dial_begin.is_none())
+        {
             Direction::Outbound
         } else {
             Direction::Internal
@@ -84,6 +89,10 @@ impl Tracker {
             if answered_at.is_some() {
                 unknown_fields.push(Unknown::AnsweredAt);
             }
+        }
+        if direction == Direction::Outbound && c.route.is_none() && c.originated {
+            // A click-to-dial that never reached the dialplan's route.
+            unknown_fields.push(Unknown::OutboundRoute);
         }
         if status != Status::Answered {
             unknown_fields.retain(|u| !matches!(u, Unknown::AnsweredAt | Unknown::Agent));

@@ -33,6 +33,7 @@ pub(super) fn relevant(event: &[u8]) -> bool {
             | b"Shutdown"
             | b"FullyBooted"
             | b"NewCallerid"
+            | b"OriginateResponse"
     )
 }
 
@@ -148,6 +149,7 @@ impl Tracker {
             "NewCallerid" => {
                 self.channel(m, &PLAIN, ts);
             }
+            "OriginateResponse" => self.on_originate_response(m),
             _ => {}
         }
     }
@@ -324,6 +326,19 @@ impl Tracker {
         let caller = self.channel(m, &PLAIN, ts);
         let dest = self.channel(m, &DEST, ts);
         let (Some(ck), Some(_)) = (caller, dest) else {
+            // An Originate's dial has no caller: it rings the call's first channel (the
+            // agent's phone of a click-to-dial), which then dials the number.
+            if let Some(k) = dest {
+                let first = self.calls.get(&k).and_then(|c| c.channels.first().cloned());
+                let inbound = self
+                    .calls
+                    .get(&k)
+                    .is_some_and(|c| self.is_trunk(&c.first_context, &c.first_name));
+                // (An inbound call may be originated too: a test rig's caller. It stays one.)
+                if !inbound && first.is_some() && first.as_deref() == field(m, "DestUniqueid") {
+                    self.call_mut(k).originated = true;
+                }
+            }
             return;
         };
         let key = self.link_dest(ck, m, ts).unwrap_or(ck);
@@ -341,6 +356,13 @@ impl Tracker {
             c.trunk_leg = true;
         }
         if origin {
+            // A click-to-dial calls the number once the agent's phone answered: that number,
+            // not the agent's own extension the Originate rang first, is the callee.
+            if c.originated && c.origin_dial_begin.is_none() {
+                if let Some(e) = text(m, "DestExten").filter(|e| known(e) && e != "s") {
+                    c.callee = Some(e);
+                }
+            }
             c.origin_dial_begin.get_or_insert(ts);
             // Queue calls ring on AgentCalled; the queue's own dials would ring twice.
             if c.queue.is_none() {
@@ -383,6 +405,52 @@ impl Tracker {
             if c.queue.is_none() {
                 self.moment(key, Moment::Answer, out);
             }
+        }
+    }
+
+    /// The outcome of an `Originate` (click-to-dial), sent to every session. Success names
+    /// the first channel and the number it goes on to dial; Failure (the agent's phone was not
+    /// answered, busy…) names only the dial string, so it is matched to the originated call
+    /// of that interface still waiting for an outcome.
+    pub(super) fn on_originate_response(&mut self, m: &Message) {
+        let uid = field(m, "Uniqueid").filter(|u| known(u));
+        let key = match uid.and_then(|u| self.channels.get(u)) {
+            Some(ch) => Some(ch.call),
+            None => {
+                let Some(dial) = field(m, "Channel") else {
+                    return;
+                };
+                let base = dial_base(dial);
+                self.calls
+                    .iter()
+                    .filter(|(_, c)| c.originated && c.originate_status.is_none())
+                    .filter(|(_, c)| dial_base(&c.first_name) == base)
+                    .max_by_key(|(k, c)| (c.started_at, **k))
+                    .map(|(k, _)| *k)
+            }
+        };
+        let Some(key) = key else { return };
+        let failed = field(m, "Response").is_some_and(|r| r.eq_ignore_ascii_case("Failure"));
+        let exten = text(m, "Exten").filter(|e| known(e) && e != "s");
+        let c = self.call_mut(key);
+        if !c.originated {
+            return;
+        }
+        if c.origin_dial_begin.is_none() {
+            if let Some(e) = exten {
+                c.callee = Some(e);
+            }
+        }
+        if failed && c.originate_status.is_none() {
+            // Asterisk's originate reasons: 1 hung up, 3 ringing (no answer), 5 busy,
+            // 8 congestion; anything else is a failure.
+            let status = match field(m, "Reason").map(str::trim) {
+                Some("3") | Some("1") => "NOANSWER",
+                Some("5") => "BUSY",
+                Some("8") => "CONGESTION",
+                _ => "CHANUNAVAIL",
+            };
+            c.originate_status = Some(status.to_string());
         }
     }
 
@@ -629,5 +697,19 @@ impl Tracker {
                 ch.hung_up.get_or_insert(ts);
             }
         }
+    }
+}
+
+/// `Local/2004@agents-0000002a;1` and the dial string `Local/2004@agents` → `Local/2004@agents`.
+fn dial_base(name: &str) -> &str {
+    let name = local_base(name).unwrap_or(name);
+    match name.rfind('-') {
+        Some(i)
+            if i > name.find('/').unwrap_or(0)
+                && name[i + 1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            &name[..i]
+        }
+        _ => name,
     }
 }

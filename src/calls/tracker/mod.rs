@@ -66,6 +66,7 @@ enum Unknown {
     AnsweredAt,
     EndedAt,
     Agent,
+    OutboundRoute,
 }
 
 impl Unknown {
@@ -75,6 +76,7 @@ impl Unknown {
             Unknown::AnsweredAt => "answered_at",
             Unknown::EndedAt => "ended_at",
             Unknown::Agent => "agent",
+            Unknown::OutboundRoute => "outbound_route",
         }
     }
 }
@@ -137,6 +139,8 @@ struct CallState {
     gaps: Vec<Gap>,
     /// The first caller id of the first channel, kept when the PBX later presents another.
     original_caller: Option<String>,
+    /// The first channel was rung by an `Originate` (click-to-dial).
+    originated: bool,
     /// The answer time was put inside a gap by the resync; an `AgentComplete`'s `TalkTime`
     /// gives it exactly.
     answer_estimated: bool,

@@ -234,6 +234,11 @@ impl Tracker {
         self.calls.len()
     }
 
+    /// The tracker's clock: PBX time of the latest event (or estimate) it was given.
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
     /// The most calls tracked at once so far.
     pub fn peak_live_calls(&self) -> usize {
         self.peak_live

@@ -96,7 +96,13 @@ impl Tracker {
                 }
             }
             "QueueCallerAbandon" => {
-                self.channel(m, &PLAIN, ts);
+                // The queue of a caller who gave up is named here even when no QueueCallerJoin
+                // was recorded (a stream joined mid-call, a capture of call events only).
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
+                    if let Some(q) = text(m, "Queue") {
+                        self.call_mut(k).queue.get_or_insert(q);
+                    }
+                }
             }
             "AgentCalled" => {
                 if let Some(k) = self.channel(m, &PLAIN, ts) {
@@ -146,9 +152,7 @@ impl Tracker {
             "Shutdown" => self.end_everything(ts),
             "FullyBooted" => self.on_fully_booted(m, estimate),
             // An originated channel's caller id arrives here, after its Newchannel.
-            "NewCallerid" => {
-                self.channel(m, &PLAIN, ts);
-            }
+            "NewCallerid" => self.on_new_callerid(m, ts),
             "OriginateResponse" => self.on_originate_response(m),
             _ => {}
         }
@@ -245,6 +249,14 @@ impl Tracker {
         };
         c.last_event = c.last_event.max(ts);
         let is_first = c.channels.first().is_some_and(|f| f == uid);
+        if c.originated && c.originate_status.is_none() && c.originate_agent.is_none() && !is_first
+        {
+            // Until the Originate is answered, a device rung in it is the agent's phone.
+            let device = field(m, snap.channel).is_some_and(|n| !n.starts_with("Local/"));
+            if device {
+                c.originate_agent = text(m, snap.num).filter(|n| known(n));
+            }
+        }
         if !is_first && !is_origin_partner(c, uid) {
             return;
         }
@@ -351,18 +363,29 @@ impl Tracker {
                 .iter()
                 .any(|c| *c == *dest_context);
         let origin = self.is_origin(key, m);
+        let first = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.channels.first())
+            .is_some_and(|f| Some(f.as_str()) == field(m, "Uniqueid"));
         let c = self.call_mut(key);
         if trunkish {
             c.trunk_leg = true;
         }
-        if origin {
+        if origin && first && c.originated && !c.first_dialled {
             // A click-to-dial calls the number once the agent's phone answered: that number,
-            // not the agent's own extension the Originate rang first, is the callee.
-            if c.originated && c.origin_dial_begin.is_none() {
-                if let Some(e) = text(m, "DestExten").filter(|e| known(e) && e != "s") {
-                    c.callee = Some(e);
-                }
+            // not the agent's own extension the Originate rang first, is the callee, and this
+            // dial's outcome, not the agent leg's, is the call's.
+            c.first_dialled = true;
+            if let Some(e) = dialled_number(m) {
+                c.callee = Some(e);
             }
+            c.origin_dial_begin = None;
+            c.origin_dial_answer = None;
+            c.origin_dial_end = None;
+            c.origin_dial_status = None;
+        }
+        if origin {
             c.origin_dial_begin.get_or_insert(ts);
             // Queue calls ring on AgentCalled; the queue's own dials would ring twice.
             if c.queue.is_none() {
@@ -436,8 +459,14 @@ impl Tracker {
         if !c.originated {
             return;
         }
-        if c.origin_dial_begin.is_none() {
-            if let Some(e) = exten {
+        if !c.first_dialled {
+            // The number the agent's answer will dial (the only place it shows when the agent
+            // never answers).
+            if let Some(e) = exten.filter(|e| {
+                e.trim_start_matches('+')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            }) {
                 c.callee = Some(e);
             }
         }
@@ -451,6 +480,43 @@ impl Tracker {
                 _ => "CHANUNAVAIL",
             };
             c.originate_status = Some(status.to_string());
+        }
+    }
+
+    /// An originated channel's caller id arrives here, after its Newchannel; and a dialplan
+    /// that rewrites or masks the caller's number (`+31260xxxxxx`) before dialling says so
+    /// here. The call keeps what the PBX presented, so a masked number never reaches the CRM,
+    /// and the first number as `original_caller`.
+    pub(super) fn on_new_callerid(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let Some(c) = self.calls.get(&key) else {
+            return;
+        };
+        let first = c.channels.first().map(String::as_str) == field(m, "Uniqueid");
+        if !first || c.origin_dial_begin.is_some() || c.connected_at.is_some() {
+            return;
+        }
+        let Some(num) = field(m, "CallerIDNum").filter(|n| known(n)) else {
+            return;
+        };
+        // Only a caller's number that the PBX masks, or an external caller's number it
+        // rewrites, is taken: an agent's extension rewritten to the company's CLI for the far
+        // end (an outbound route) still names the agent who called.
+        let masked = num.bytes().any(|b| matches!(b, b'x' | b'X' | b'*'))
+            || num.eq_ignore_ascii_case("anonymous")
+            || field(m, "CID-CallingPres").is_some_and(|p| p.contains("Prohibited"));
+        let inbound = self.is_trunk(&c.first_context, &c.first_name);
+        let Some(c) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if (masked || inbound) && c.caller.as_deref().is_some_and(|old| old != num) {
+            if c.original_caller.is_none() {
+                c.original_caller = c.caller.take();
+            }
+            c.caller = Some(num.to_string());
+            c.caller_name = text(m, "CallerIDName").filter(|n| known(n));
         }
     }
 
@@ -603,11 +669,16 @@ impl Tracker {
         let Some(key) = self.channels.get(&anchor).map(|c| c.call) else {
             return;
         };
+        // Who the transferred party ends up with: a blind transfer's `Extension`; an
+        // attended one's target channel when the consultation call was bridged to it, else
+        // the party the transferer's second channel was talking to or had dialled (blonde).
+        // `TransferTargetExten` is what the target itself dialled (often the transferer).
         let target = [
             "Extension",
-            "TransferTargetExten",
             "TransferTargetCallerIDNum",
             "SecondTransfererConnectedLineNum",
+            "SecondTransfererExten",
+            "TransferTargetExten",
         ]
         .into_iter()
         .find_map(|h| text(m, h).filter(|v| known(v)));
@@ -712,4 +783,17 @@ fn dial_base(name: &str) -> &str {
         }
         _ => name,
     }
+}
+
+/// The number a dial goes to: the `DialString`'s destination (`0298765432@fake-pstn`,
+/// `SIP/trunk/+3126…`) when it is a phone number, else `DestExten`. Dialplans that dial through
+/// Local channels named by internal tokens (`ID400377`) still name the number in the string.
+fn dialled_number(m: &Message) -> Option<String> {
+    let from_string = field(m, "DialString").and_then(|d| {
+        let d = d.split('@').next()?;
+        let d = d.rsplit('/').next()?;
+        let digits = d.strip_prefix('+').unwrap_or(d);
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| d.to_string())
+    });
+    from_string.or_else(|| text(m, "DestExten").filter(|e| known(e) && e != "s"))
 }

@@ -141,6 +141,11 @@ struct CallState {
     original_caller: Option<String>,
     /// The first channel was rung by an `Originate` (click-to-dial).
     originated: bool,
+    /// An originated call's agent: the caller id of the first device (non-Local channel) rung
+    /// before the Originate was answered (the agent's phone), not the CLI the dialplan sets.
+    originate_agent: Option<String>,
+    /// The originated first channel dialled on its own (a click-to-dial reaching its number).
+    first_dialled: bool,
     /// The answer time was put inside a gap by the resync; an `AgentComplete`'s `TalkTime`
     /// gives it exactly.
     answer_estimated: bool,
@@ -500,7 +505,12 @@ impl Tracker {
 
 fn is_origin_partner(c: &CallState, uid: &str) -> bool {
     // In Local-channel set-ups the first channel (;1) is a device and its ;2 partner (the
-    // next channel, same name base) runs the dialplan.
+    // next channel, same name base) runs the dialplan. Not for a click-to-dial once its ;1
+    // half dials: the ;2 half rang the agent's own phone, and the ;1 half, once the agent
+    // answered, dials the number; the agent's answer is not the call's.
+    if c.originated && c.first_dialled {
+        return false;
+    }
     match (c.channels.first(), c.channels.get(1)) {
         (Some(_), Some(second)) if second == uid => {
             let base = local_base(&c.first_name);

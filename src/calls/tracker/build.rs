@@ -132,7 +132,12 @@ impl Tracker {
             hangup_by,
             transfers: c.transfers.clone(),
             tags: c.tags.clone(),
-            incomplete: c.incomplete,
+            // Precise: events were lost and some field could not be established. A click-to-
+            // dial that never reached a route has none to establish; a stream without a clock
+            // has no times at all, which says nothing of the call.
+            incomplete: c.incomplete
+                || c.unknown.iter().any(|u| *u != Unknown::OutboundRoute)
+                    && status == Status::Answered,
             unknown,
             gaps: c.gaps.clone(),
             original_caller: c.original_caller.clone(),

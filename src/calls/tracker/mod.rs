@@ -6,8 +6,19 @@
 //! have hung up and a grace period has passed in stream time (late `AgentComplete` and `Cdr`
 //! events belong to it); it is then emitted exactly once.
 //!
-//! Time is the event's own `Timestamp:` when the PBX sends it, else the time the caller passes
-//! in (arrival time live). Replays of captures with timestamps are therefore deterministic.
+//! One clock, the PBX's: an event's own `Timestamp:` (or CEL `EventTime`); for an event
+//! without one, the estimate the caller passes to [`Tracker::feed`] (live: the stream clock's
+//! PBX time), else the last stream time. Never the host's raw clock (the two clocks differ, and
+//! a call would be evicted or dated wrongly) and never 0: events before a stream's first known
+//! time take that time once it comes. A stream with no clock at all (no `Timestamp`, no CEL)
+//! keeps its times unknown, and its calls say so (`unknown: ["started_at", …]`). `FullyBooted`,
+//! sent without a `Timestamp` on every login, never moves the clock. Replays of captures with
+//! timestamps are therefore deterministic.
+//!
+//! Continuity ([`resync`]): a dropped session or a restarted bridge is a gap; the login's
+//! `CoreShowChannels`/`QueueStatus` answers reconcile what happened in it, and the calls that
+//! lived through it record it (`gaps`). The live state ([`state`]) is saved and restored
+//! whole, so a restarted bridge carries its calls on.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -209,6 +220,7 @@ pub fn tracker_codec() -> crate::ami::AmiCodec {
 }
 
 mod build;
+mod channels;
 mod events;
 mod group;
 mod resync;

@@ -543,6 +543,25 @@ fn local_base(name: &str) -> Option<&str> {
     name.strip_suffix(";1").or_else(|| name.strip_suffix(";2"))
 }
 
+/// The interface a channel was created on: `SIP/1014-0000001a` → `SIP/1014`,
+/// `Local/1014@agents-00000012;1` → `Local/1014@agents`; a queue member's location or a dial
+/// string `Local/1014@agents/n` → `Local/1014@agents`. (Asterisk appends `-` and a sequence
+/// number of at least 8 hex digits to the interface.)
+fn interface_of(name: &str) -> &str {
+    let name = local_base(name).unwrap_or(name);
+    let name = name.strip_suffix("/n").unwrap_or(name);
+    match name.rfind('-') {
+        Some(i)
+            if i > name.find('/').unwrap_or(0)
+                && name.len() - i > 8
+                && name[i + 1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            &name[..i]
+        }
+        _ => name,
+    }
+}
+
 /// `SIP/1002`, `PJSIP/1002`, `Local/1002@agents/n` → `1002`.
 fn interface_extension(interface: &str) -> Option<String> {
     let rest = interface.split_once('/')?.1;

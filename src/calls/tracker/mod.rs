@@ -374,7 +374,13 @@ impl Tracker {
         match ev {
             SourceEvent::Message(m) => self.on_message(m, estimate, out),
             SourceEvent::Reconnected { .. } => self.on_reconnect(),
-            SourceEvent::Disconnected { .. } => self.on_disconnect(),
+            SourceEvent::Disconnected { .. } => {
+                // Live, the estimate is the PBX time of the drop: nothing was lost before it.
+                if estimate > self.now && self.gap_from.is_none() {
+                    self.gap_from = Some(estimate);
+                }
+                self.on_disconnect()
+            }
             SourceEvent::Resync { items } => {
                 if estimate > self.now {
                     self.now = estimate;

@@ -464,6 +464,9 @@ mod tests {
             transfers: vec![],
             tags: Default::default(),
             incomplete: false,
+            unknown: vec![],
+            gaps: vec![],
+            original_caller: None,
             channels: vec![],
         }))
     }

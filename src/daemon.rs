@@ -80,10 +80,8 @@ impl Bridge {
     /// with backoff until `stop`, so nothing is dropped while the bridge runs.
     async fn persist(&self, pbx: &str, call: &Call, on: On, stop: &CancellationToken) {
         let finished = on == On::End;
-        let activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
-            Vec::new()
-        });
+        let activities = self.pipeline.records(pbx, call, on);
+        crate::requeue::log_unrendered(&activities);
         if !finished && activities.is_empty() {
             return;
         }

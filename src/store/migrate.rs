@@ -8,10 +8,11 @@ use sqlx::Executor;
 use super::{Backend, Store, StoreError};
 
 /// `(version, statements)`; `{id}` is the auto-increment primary key, `{int}` a 64-bit integer.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE interactions (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE interactions (
             id {id},
             pbx TEXT NOT NULL,
             linkedid TEXT NOT NULL,
@@ -41,11 +42,11 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             created_at {int} NOT NULL,
             UNIQUE (pbx, linkedid)
         )",
-        "CREATE INDEX interactions_remote ON interactions (remote_e164, ended_at)",
-        "CREATE INDEX interactions_user ON interactions (user_email, ended_at)",
-        "CREATE INDEX interactions_agent_email ON interactions (agent_email, ended_at)",
-        "CREATE INDEX interactions_ended ON interactions (ended_at)",
-        "CREATE TABLE outbox (
+            "CREATE INDEX interactions_remote ON interactions (remote_e164, ended_at)",
+            "CREATE INDEX interactions_user ON interactions (user_email, ended_at)",
+            "CREATE INDEX interactions_agent_email ON interactions (agent_email, ended_at)",
+            "CREATE INDEX interactions_ended ON interactions (ended_at)",
+            "CREATE TABLE outbox (
             id {id},
             unique_key TEXT NOT NULL UNIQUE,
             pbx TEXT NOT NULL,
@@ -71,10 +72,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             first_request_at {int},
             delivered_at {int}
         )",
-        "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
-        "CREATE INDEX outbox_call ON outbox (pbx, linkedid)",
-    ],
-)];
+            "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
+            "CREATE INDEX outbox_call ON outbox (pbx, linkedid)",
+        ],
+    ),
+    // (2 is `live_state`, on the continuity branch.) A record the configuration could not render
+    // is parked with the call's snapshot, to be rendered again after the fix (`outbox retry`).
+    (3, &["ALTER TABLE outbox ADD COLUMN render_input TEXT"]),
+];
 
 fn spell(sql: &str, backend: Backend) -> String {
     let (id, int) = match backend {

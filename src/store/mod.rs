@@ -13,7 +13,9 @@ mod migrate;
 mod outbox;
 
 pub use interactions::{remote_number, Interaction, Search};
-pub use outbox::{Delivered, Leased, NewActivity, OutboxRow, OutboxState, OutboxStats};
+pub use outbox::{
+    Delivered, Leased, NewActivity, OutboxRow, OutboxState, OutboxStats, Unrendered, UnrenderedRow,
+};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -451,3 +451,91 @@ fn replay_says_what_it_read() {
         assert_eq!(lines.len(), 1, "one line, the cause once: {err}");
     }
 }
+
+/// `zoho test` refreshes with the configured secret every time (a wrong secret is caught even
+/// while a cached access token is valid), tells a wrong secret from an unknown client, and
+/// probes the Tasks scope when a trigger makes Tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zoho_test_proves_the_secret_and_every_scope() {
+    let lab = Lab::start().await;
+    lab.write_config(FIXED_DESCRIPTION);
+    let zoho = |args: &[&str], secret: &str| {
+        let mut all = vec!["zoho"];
+        all.extend_from_slice(args);
+        let out = support::bridge()
+            .args(&all)
+            .arg("--config")
+            .arg(lab.config())
+            .env("ZOHO_CLIENT_SECRET", secret)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // A grant without the Tasks scope.
+    let scopes = BRIDGE_SCOPES.replace("ZohoCRM.modules.tasks.CREATE,", "");
+    assert_ne!(scopes, BRIDGE_SCOPES);
+    let code = lab.sim.grant_code(CLIENT_ID, "eu", &scopes, None);
+    let (rc, text) = tokio::task::block_in_place(|| {
+        zoho(
+            &["authorize", "--account", "main", "--code", &code],
+            "not-the-secret",
+        )
+    });
+    assert_eq!(rc, Some(1), "{text}");
+    assert!(text.contains("wrong client secret"), "{text}");
+    let (rc, text) = tokio::task::block_in_place(|| {
+        zoho(
+            &["authorize", "--account", "main", "--code", &code],
+            CLIENT_SECRET,
+        )
+    });
+    assert_eq!(rc, Some(0), "{text}");
+    let (rc, text) =
+        tokio::task::block_in_place(|| zoho(&["test", "--account", "main"], CLIENT_SECRET));
+    assert_eq!(rc, Some(0), "{text}");
+    assert!(text.contains("is ready"), "{text}");
+    let requests = lab.sim.stats().token_requests;
+    // The access token in the file is valid for an hour: a wrong secret is still found.
+    let (rc, text) =
+        tokio::task::block_in_place(|| zoho(&["test", "--account", "main"], "not-the-secret"));
+    assert_eq!(rc, Some(1), "{text}");
+    assert!(
+        text.contains("wrong client secret") && !text.contains("is ready"),
+        "{text}"
+    );
+    assert!(
+        lab.sim.stats().token_requests > requests,
+        "zoho test asked for a token"
+    );
+
+    // A trigger that makes follow-up Tasks needs the scope the grant lacks.
+    let mut cfg = std::fs::read_to_string(lab.config()).expect("config");
+    cfg.push_str(
+        "\n[[triggers]]\nname = \"abandoned: call back\"\nall = [ { field = \"status\", op = \"equals\", value = \"abandoned\" } ]\nactions = [ { zoho_task = \"default\" } ]\n",
+    );
+    std::fs::write(lab.config(), cfg).expect("write");
+    let (rc, text) =
+        tokio::task::block_in_place(|| zoho(&["test", "--account", "main"], CLIENT_SECRET));
+    assert_eq!(rc, Some(1), "{text}");
+    assert!(
+        text.contains("missing OAuth scope ZohoCRM.modules.tasks.CREATE"),
+        "{text}"
+    );
+
+    // An unknown client id is named as such.
+    let cfg = std::fs::read_to_string(lab.config())
+        .expect("config")
+        .replace(CLIENT_ID, "1000.NOSUCHCLIENT");
+    std::fs::write(lab.config(), cfg).expect("write");
+    let (rc, text) =
+        tokio::task::block_in_place(|| zoho(&["test", "--account", "main"], CLIENT_SECRET));
+    assert_eq!(rc, Some(1), "{text}");
+    assert!(text.contains("unknown client id"), "{text}");
+}

@@ -8,7 +8,7 @@ use super::{OutboxCommand, StateArg, UsageError};
 
 pub(crate) async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<()> {
     use ami_zoho_bridge::store::{OutboxState, Store};
-    let store = Store::open(&cfg.store.url).await?;
+    let store = Store::open_existing(&cfg.store.url).await?;
     let mut out = io::stdout().lock();
     match command {
         OutboxCommand::List { state, limit, json } => {

@@ -146,6 +146,24 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens a store that must already exist: read-only commands (`outbox`, `search`) never
+    /// create an empty SQLite file where the bridge's store is not.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or(path);
+            if !path.is_empty() && !std::path::Path::new(path).is_file() {
+                return Err(StoreError::Open {
+                    url: redact_url(url),
+                    message: format!(
+                        "no store at {path}: nothing recorded there yet, or not the store.url the bridge uses"
+                    ),
+                });
+            }
+        }
+        Store::open(url).await
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

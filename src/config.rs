@@ -90,10 +90,20 @@ pub struct StoreConfig {
     pub url: String,
 }
 
+/// The bridge's state directory (store, Zoho tokens): absolute, so a command run from any
+/// directory (or by systemd) finds the same files. The package creates it, owned by the
+/// service user.
+pub const STATE_DIR: &str = "/var/lib/ami-zoho-bridge";
+
+/// Where an account's tokens are kept when `token_file` is not set.
+pub fn default_token_file(account: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("zoho-{account}.json"))
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            url: "sqlite://ami-zoho-bridge.db".into(),
+            url: format!("sqlite://{STATE_DIR}/bridge.db"),
         }
     }
 }

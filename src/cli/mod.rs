@@ -13,6 +13,9 @@ use ami_zoho_bridge::calls::{self};
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::secret::Secret;
 
+/// Where the package (and the README's manual install) puts the configuration.
+const DEFAULT_CONFIG: &str = "/etc/ami-zoho-bridge/bridge.toml";
+
 mod bench;
 mod config;
 mod deliver;
@@ -89,7 +92,7 @@ enum Command {
     },
     /// Run the bridge: read every [[pbx]], store calls, deliver to Zoho, until SIGTERM/SIGINT.
     Run {
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Configuration commands.
@@ -122,12 +125,12 @@ enum Command {
         /// One JSON object per call instead of a table.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Inspect and retry the outbox (the records waiting for, sent to or refused by Zoho).
     Outbox {
-        #[arg(long, default_value = "ami-zoho-bridge.toml", global = true)]
+        #[arg(long, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         command: OutboxCommand,
@@ -207,14 +210,14 @@ enum ZohoCommand {
         /// The one-time grant code from the Self Client's "Generate Code" tab.
         #[arg(long)]
         code: String,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Check an account: token, administrator, users, and every endpoint the bridge uses.
     Test {
         #[arg(long)]
         account: String,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }

@@ -188,7 +188,7 @@ impl OAuth {
         let store = TokenFile::new(
             cfg.token_file
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("zoho-tokens-{account}.json"))),
+                .unwrap_or_else(|| crate::config::default_token_file(account)),
         );
         Ok(OAuth {
             account: account.to_string(),

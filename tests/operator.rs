@@ -539,3 +539,43 @@ async fn zoho_test_proves_the_secret_and_every_scope() {
     assert_eq!(rc, Some(1), "{text}");
     assert!(text.contains("unknown client id"), "{text}");
 }
+
+/// The demo checks its port before replaying (and says how to pick another), and removes the
+/// temporary folder it made.
+#[test]
+fn demo_checks_its_port_first_and_cleans_up() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = support::bridge()
+        .args(["demo", "--listen", &addr])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&addr) && err.contains("--listen"), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Replaying"),
+        "nothing replayed before the port was checked"
+    );
+    drop(busy);
+
+    let out = support::bridge()
+        .args(["demo", "--no-serve"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run");
+    let text = support::success_stdout(&out);
+    assert!(text.contains("121 calls"), "{text}");
+    assert!(
+        text.contains("1000.LABCLIENT"),
+        "the simulated Self Client is named: {text}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read tmp")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the demo left {left:?} behind");
+}

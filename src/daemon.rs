@@ -182,26 +182,8 @@ pub async fn ingest_pbx(
     // The session feeds the call tracker only: the events it reads nothing of are skimmed.
     client_cfg.skim = Some(crate::calls::skimmable);
     client_cfg.ping_interval = Duration::from_secs_f64(pbx.ping_seconds);
-    let name = pbx.name.clone();
-    let ami_error = |e: crate::ami::AmiError| DaemonError::Ami {
-        pbx: name.clone(),
-        message: e.to_string(),
-    };
-    // The first login is retried too: a PBX that is down at start is not a reason to exit.
-    let mut wait = Duration::from_secs(1);
-    let (_client, mut events) = loop {
-        match AmiClient::connect(client_cfg.clone()).await {
-            Ok(c) => break c,
-            Err(e @ crate::ami::AmiError::LoginFailed { .. }) => return Err(ami_error(e)),
-            Err(e) => {
-                tracing::error!(pbx = %pbx.name, error = %e, retry_in_s = wait.as_secs(), "AMI connect");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Ok(()),
-                }
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-        }
+    let Some((_client, mut events)) = connect_retrying(&client_cfg, &pbx.name, &stop).await else {
+        return Ok(());
     };
     tracing::info!(pbx = %pbx.name, host = %pbx.host, port = pbx.port, "AMI connected");
     health.set_pbx(&pbx.name, true);
@@ -272,6 +254,36 @@ pub async fn ingest_pbx(
         tracing::warn!(pbx = %pbx.name, live_calls = live, "stopping with calls still up: they are not recorded");
     }
     Ok(())
+}
+
+/// The first session of a PBX, retried with backoff until `stop`: a PBX that is down at start,
+/// or refuses the login (a wrong secret, a user not yet in manager.conf), is not a reason to
+/// stop reading the others. It stays "not connected" in `/readyz` meanwhile, and a refused
+/// login is retried more slowly (Asterisk logs every failed login).
+async fn connect_retrying(
+    cfg: &ClientConfig,
+    pbx: &str,
+    stop: &CancellationToken,
+) -> Option<(AmiClient, tokio::sync::mpsc::UnboundedReceiver<SourceEvent>)> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let max = match AmiClient::connect(cfg.clone()).await {
+            Ok(c) => return Some(c),
+            Err(e @ crate::ami::AmiError::LoginFailed { .. }) => {
+                tracing::error!(pbx, error = %e, retry_in_s = wait.as_secs(), "AMI login refused: check pbx username and secret, and manager.conf");
+                Duration::from_secs(300)
+            }
+            Err(e) => {
+                tracing::error!(pbx, error = %e, retry_in_s = wait.as_secs(), "AMI connect");
+                Duration::from_secs(30)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return None,
+        }
+        wait = (wait * 2).min(max);
+    }
 }
 
 /// `ami-zoho-bridge run`: until SIGTERM or SIGINT.

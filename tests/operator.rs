@@ -579,3 +579,77 @@ fn demo_checks_its_port_first_and_cleans_up() {
         .collect();
     assert!(left.is_empty(), "the demo left {left:?} behind");
 }
+
+/// Two PBXs, one refusing the bridge's login: the other's calls are all delivered, the
+/// refusing one is retried with backoff and shown not connected in `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_does_not_stop_the_other_pbx() {
+    let lab = Lab::start().await;
+    let refusing = AmiServer::start(ServerConfig {
+        username: "bridge".into(),
+        secret: "another-secret".into(),
+        body: Vec::new(),
+        answer_ping: true,
+        cut_at: None,
+        once: false,
+    })
+    .await;
+    let expected = truth_linkedids(TRUTH);
+    lab.write_config(FIXED_DESCRIPTION);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let text = std::fs::read_to_string(lab.config())
+        .expect("config")
+        .replace(
+            "[http]\nlisten = \"\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"page-token\""),
+        );
+    assert!(text.contains("page-token"));
+    let text = format!(
+        "{text}\n[[pbx]]\nname = \"refusing\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"bridge\"\nsecret = \"{AMI_SECRET}\"\n",
+        refusing.port
+    );
+    std::fs::write(lab.config(), text).expect("write");
+    let code = lab.sim.grant_code(CLIENT_ID, "eu", BRIDGE_SCOPES, None);
+    tokio::task::block_in_place(|| {
+        support::success_stdout(&lab.cli(&[
+            "zoho",
+            "authorize",
+            "--account",
+            "main",
+            "--code",
+            &code,
+        ]))
+    });
+    let mut child = lab.spawn();
+    tokio::task::block_in_place(|| {
+        lab.wait_until("every call of the good PBX delivered", 90, |l| {
+            l.sim.records("Calls").len() >= expected.len()
+        });
+        lab.wait_until("the refused login retried", 30, |_| {
+            refusing.state.lock().unwrap().logins_failed >= 2
+        });
+    });
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "the bridge keeps running"
+    );
+    let ready = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .bearer_auth("page-token")
+            .timeout(Duration::from_secs(10))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .expect("readyz")
+    })
+    .await
+    .expect("join");
+    assert_eq!(ready["pbx"]["lab"], true, "{ready}");
+    assert_eq!(ready["pbx"]["refusing"], false, "{ready}");
+    terminate(&mut child);
+    assert!(lab.log().contains("AMI login refused"), "{}", lab.log());
+    assert_eq!(lab.delivered(), expected);
+}

@@ -418,7 +418,7 @@ impl Config {
             "calls.max_call_age_seconds",
             c.max_call_age_seconds,
             60.0,
-            30.0 * 86400.0,
+            7.0 * 86400.0,
         );
         for (key, zone) in [("timezone", &c.timezone), ("pbx_timezone", &c.pbx_timezone)] {
             if zone != "UTC" && jiff::tz::TimeZone::get(zone).is_err() {
@@ -492,8 +492,8 @@ impl Config {
             p.range(
                 format!("{key}.timeout_seconds"),
                 account.timeout_seconds,
-                0.1,
-                600.0,
+                1.0,
+                300.0,
             );
             p.count(
                 format!("{key}.max_in_flight"),
@@ -505,13 +505,13 @@ impl Config {
                 format!("{key}.users_cache_seconds"),
                 account.users_cache_seconds,
                 0,
-                7 * 86400,
+                30 * 86400,
             );
             p.count(
                 format!("{key}.phone_cache_seconds"),
                 account.phone_cache_seconds,
                 0,
-                7 * 86400,
+                30 * 86400,
             );
             p.count(
                 format!("{key}.match_last_digits"),
@@ -523,12 +523,12 @@ impl Config {
                 format!("{key}.phone_index_refresh_seconds"),
                 account.phone_index_refresh_seconds,
                 0,
-                86400,
+                30 * 86400,
             );
             p.count(
                 format!("{key}.phone_index_rebuild_seconds"),
                 account.phone_index_rebuild_seconds,
-                60,
+                0,
                 30 * 86400,
             );
         }
@@ -579,7 +579,7 @@ impl Config {
                 format!("pbx[{i}].ping_seconds"),
                 pbx.ping_seconds,
                 1.0,
-                3600.0,
+                300.0,
             );
         }
         let url = &self.store.url;
@@ -607,7 +607,7 @@ impl Config {
             "delivery.max_attempts",
             u64::from(d.max_attempts),
             0,
-            10_000,
+            1000,
         );
         p.range("delivery.lease_seconds", d.lease_seconds, 1.0, 3600.0);
         p.range(
@@ -622,7 +622,7 @@ impl Config {
             0.01,
             86400.0,
         );
-        p.range("delivery.poll_seconds", d.poll_seconds, 0.01, 3600.0);
+        p.range("delivery.poll_seconds", d.poll_seconds, 0.05, 3600.0);
         if d.backoff_max_seconds < d.backoff_initial_seconds {
             p.add(
                 "delivery.backoff_max_seconds",

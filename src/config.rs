@@ -603,12 +603,7 @@ impl Config {
                 "between 1 and 100 (Zoho's limit per insert)",
             );
         }
-        p.count(
-            "delivery.max_attempts",
-            u64::from(d.max_attempts),
-            0,
-            1000,
-        );
+        p.count("delivery.max_attempts", u64::from(d.max_attempts), 0, 1000);
         p.range("delivery.lease_seconds", d.lease_seconds, 1.0, 3600.0);
         p.range(
             "delivery.backoff_initial_seconds",

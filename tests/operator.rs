@@ -239,6 +239,21 @@ async fn broken_template_at_run_time_loses_no_call() {
         "the busy hour's truth file has 121 calls"
     );
     lab.write_config(BROKEN_DESCRIPTION);
+    // The page's API on a free port, to see the reason where supervisors look.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let with_http = |lab: &Lab| {
+        let text = std::fs::read_to_string(lab.config())
+            .expect("config")
+            .replace(
+                "[http]\nlisten = \"\"",
+                &format!("[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"page-token\""),
+            );
+        std::fs::write(lab.config(), text).expect("write");
+    };
+    with_http(&lab);
     let code = lab.sim.grant_code(CLIENT_ID, "eu", BRIDGE_SCOPES, None);
     tokio::task::block_in_place(|| {
         support::success_stdout(&lab.cli(&[
@@ -284,6 +299,31 @@ async fn broken_template_at_run_time_loses_no_call() {
         "{}",
         lab.log()
     );
+    // The search page's data says failed, and why.
+    let page = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/api/interactions?per_page=500"
+            ))
+            .bearer_auth("page-token")
+            .timeout(Duration::from_secs(10))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .expect("api")
+    })
+    .await
+    .expect("join");
+    assert_eq!(page["total"], expected.len(), "{page}");
+    for i in page["interactions"].as_array().expect("rows") {
+        assert_eq!(i["delivery"], "failed", "{i}");
+        assert!(
+            i["delivery_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("shout"),
+            "{i}"
+        );
+    }
     // The calls themselves are in the interaction log.
     let store = ami_zoho_bridge::store::Store::open(&format!("sqlite://{}", lab.store().display()))
         .await
@@ -304,6 +344,7 @@ async fn broken_template_at_run_time_loses_no_call() {
     );
 
     lab.write_config(FIXED_DESCRIPTION);
+    with_http(&lab);
     let retried = tokio::task::block_in_place(|| {
         support::success_stdout(&lab.cli(&["outbox", "retry", "--all-failed"]))
     });

@@ -391,6 +391,27 @@ fn environment_problems_name_the_variable() {
         r.stderr
     );
     assert!(!p.iter().any(|l| l.contains("env.toml")), "{}", r.stderr);
+
+    // A misspelt key in a variable, and variables that are no keys (secrets, test switches).
+    let r = check(
+        dir.path(),
+        "env.toml",
+        GOOD,
+        &[
+            ("AZB_DELIVERY__WROKERS", "3"),
+            ("AZB_HTTP_TOKEN", "t"),
+            ("AZB_REQUIRE_PG", "1"),
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let p = problems(&r);
+    assert_eq!(p.len(), 1, "{}", r.stderr);
+    assert!(
+        p[0].starts_with("environment variable AZB_DELIVERY__WROKERS: key delivery.wrokers:")
+            && p[0].contains("did you mean 'workers'"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// The example's triggers make exactly one Call activity per call of the busy hour (an

@@ -360,6 +360,34 @@ pub fn check(file: &Path) -> Report {
     report
         .problems
         .extend(unknown.into_iter().map(|p| in_file(p.key, p.message)));
+    // `AZB_SECTION__KEY` variables under a known section, checked as the file's keys are.
+    // (Variables without `__`, such as AZB_HTTP_TOKEN, are secrets named by *_env keys.)
+    let sections = keys_of(&Config::default());
+    let mut env_unknown: Vec<String> = Vec::new();
+    for (var, _) in std::env::vars() {
+        let Some(rest) = var.strip_prefix("AZB_") else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.len() < 2 || !sections.contains(&path[0]) {
+            continue;
+        }
+        let mut value = toml::Value::String(String::new());
+        for part in path.iter().rev() {
+            let mut t = toml::Table::new();
+            t.insert(part.clone(), value);
+            value = toml::Value::Table(t);
+        }
+        let mut found = Vec::new();
+        walk(&mut value, &top(), "", &mut found);
+        for p in found {
+            env_unknown.push(var.clone());
+            report.problems.push(Finding {
+                origin: Origin::Env(var.clone()),
+                problem: p,
+            });
+        }
+    }
 
     // Section by section: a type error in one leaves the others checked.
     let fig = figment(&known_text);
@@ -389,6 +417,8 @@ pub fn check(file: &Path) -> Report {
             Err(e) => errors.extend(extraction_findings(e, "", file)),
         }
     }
+    // An unknown variable is reported once, by the check above.
+    errors.retain(|f| !matches!(&f.origin, Origin::Env(v) if env_unknown.contains(v)));
     let read_whole = errors.is_empty();
     report.problems.extend(errors);
     cfg.calls.agents = cfg.agents.clone();

@@ -169,6 +169,10 @@ listen = ""
 
     /// The outbox rows `outbox list` shows in `state`, as JSON.
     fn rows(&self, state: &str) -> Vec<Value> {
+        // Before the bridge made its store, `outbox list` refuses (and there is nothing).
+        if !self.store().exists() {
+            return Vec::new();
+        }
         let out = self.cli(&[
             "outbox", "list", "--state", state, "--limit", "1000", "--json",
         ]);

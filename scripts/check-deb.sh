@@ -18,7 +18,7 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 dpkg-deb -x "$deb" "$scratch/root"
 dpkg-deb -e "$deb" "$scratch/control"
-listing=$(dpkg-deb -c "$deb")
+listing=$(dpkg-deb -c "$deb" | sed "s# 0/0 # root/root #")
 
 # --- 1. the archive --------------------------------------------------------------------
 expect_entry() { # mode owner path
@@ -105,7 +105,9 @@ unshare -m --propagation private env SCRATCH="$scratch" PORT="$port" EXEC_START=
     cd /var/lib/ami-zoho-bridge
     as_service() { setpriv --reuid=ami-zoho-bridge --regid=ami-zoho-bridge --init-groups -- "$@"; }
     as_service $EXEC_PRE || fail "ExecStartPre (config check) failed as the service user"
-    as_service $EXEC_START 2>"$SCRATCH/run.log" &
+    # setpriv itself in the background (not a function, which would fork a subshell): $! is
+    # the bridge once setpriv has exec-ed it.
+    setpriv --reuid=ami-zoho-bridge --regid=ami-zoho-bridge --init-groups -- $EXEC_START 2>"$SCRATCH/run.log" &
     pid=$!
     healthz() { # the status line of GET /healthz, with nothing but bash
         exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
@@ -124,7 +126,8 @@ unshare -m --propagation private env SCRATCH="$scratch" PORT="$port" EXEC_START=
     [ "$owner" = ami-zoho-bridge ] || fail "the store belongs to $owner"
     echo "check-deb: ok   the store /var/lib/ami-zoho-bridge/bridge.db belongs to ami-zoho-bridge ($(stat -c %a /var/lib/ami-zoho-bridge/bridge.db))"
     kill -TERM "$pid"
-    wait "$pid" || { cat "$SCRATCH/run.log" >&2; fail "the bridge did not exit 0 on SIGTERM"; }
+    status=0; wait "$pid" || status=$?
+    [ "$status" = 0 ] || { cat "$SCRATCH/run.log" >&2; fail "the bridge did not exit 0 on SIGTERM (status $status)"; }
     echo "check-deb: ok   SIGTERM: clean exit"
 '
 echo "check-deb: all checks passed"

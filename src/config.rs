@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod check;
+
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -99,10 +101,20 @@ pub struct StoreConfig {
     pub instance: Option<String>,
 }
 
+/// The bridge's state directory (store, Zoho tokens): absolute, so a command run from any
+/// directory (or by systemd) finds the same files. The package creates it, owned by the
+/// service user.
+pub const STATE_DIR: &str = "/var/lib/ami-zoho-bridge";
+
+/// Where an account's tokens are kept when `token_file` is not set.
+pub fn default_token_file(account: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("zoho-{account}.json"))
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            url: "sqlite://ami-zoho-bridge.db".into(),
+            url: format!("sqlite://{STATE_DIR}/bridge.db"),
             instance: None,
         }
     }
@@ -395,6 +407,9 @@ pub struct CallsConfig {
     pub default_country: String,
     /// Emit live moments (ring, answer, hangup, reject) as well as finished calls.
     pub emit_moments: bool,
+    /// Tags the dialplan sets over FastAGI (`tag`), so triggers may name them bare
+    /// (`field = "vip"`); `tags.vip` works without declaring. `config check` uses the list.
+    pub tags: Vec<String>,
     /// Filled from `[agents]` at load time.
     #[serde(skip)]
     pub agents: BTreeMap<String, String>,
@@ -423,6 +438,7 @@ impl Default for CallsConfig {
             pbx_timezone: "UTC".into(),
             default_country: "IT".into(),
             emit_moments: false,
+            tags: Vec::new(),
             agents: BTreeMap::new(),
         }
     }
@@ -464,105 +480,248 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+
+    /// Every problem `run` refuses to start with, each naming its key. (`config check` adds
+    /// what needs the environment or a closer look: see [`check`].)
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
         let c = &self.calls;
-        if !(c.grace_seconds.is_finite() && (0.0..=600.0).contains(&c.grace_seconds)) {
-            return Err("key calls.grace_seconds: must be between 0 and 600".into());
-        }
-        if !(c.max_call_age_seconds.is_finite() && c.max_call_age_seconds > 0.0) {
-            return Err("key calls.max_call_age_seconds: must be positive".into());
-        }
+        p.range("calls.grace_seconds", c.grace_seconds, 0.0, 600.0);
+        p.range(
+            "calls.max_call_age_seconds",
+            c.max_call_age_seconds,
+            60.0,
+            7.0 * 86400.0,
+        );
         for (key, zone) in [("timezone", &c.timezone), ("pbx_timezone", &c.pbx_timezone)] {
             if zone != "UTC" && jiff::tz::TimeZone::get(zone).is_err() {
-                return Err(format!("key calls.{key}: unknown time zone '{zone}'"));
+                p.add(
+                    format!("calls.{key}"),
+                    format!("unknown time zone '{zone}' (an IANA name like Europe/Rome)"),
+                );
+            }
+        }
+        if crate::phone::country(&c.default_country).is_none() || c.default_country.len() != 2 {
+            p.add(
+                "calls.default_country",
+                format!(
+                    "'{}' is not a country code: two letters, ISO 3166 (IT, DE, GB, US)",
+                    c.default_country
+                ),
+            );
+        }
+        for (agent, email) in &self.agents {
+            if !check::is_email(email) {
+                p.add(
+                    format!("agents.\"{agent}\""),
+                    format!("'{email}' is not an e-mail address"),
+                );
             }
         }
         for (name, account) in &self.zoho.accounts {
             let key = format!("zoho.accounts.{name}");
             if let Some(dc) = &account.dc {
                 if dc.parse::<crate::zoho::DataCenter>().is_err() {
-                    return Err(format!(
-                        "key {key}.dc: unknown data center '{dc}' (com, eu, in, com.au, jp, com.cn, ca, sa, uk)"
-                    ));
+                    p.add(
+                        format!("{key}.dc"),
+                        format!("unknown data center '{dc}' (com, eu, in, com.au, jp, com.cn, ca, sa, uk)"),
+                    );
                 }
             } else if account.accounts_url.is_none() || account.api_domain.is_none() {
-                return Err(format!(
-                    "key {key}: set dc, or both accounts_url and api_domain"
-                ));
+                p.add(key.clone(), "set dc, or both accounts_url and api_domain");
+            }
+            for (k, url) in [
+                ("accounts_url", &account.accounts_url),
+                ("api_domain", &account.api_domain),
+            ] {
+                if let Some(url) = url {
+                    if !check::is_http_url(url) {
+                        p.add(
+                            format!("{key}.{k}"),
+                            format!("'{url}' is not an http(s) URL"),
+                        );
+                    }
+                }
             }
             if account.client_id.is_empty() {
-                return Err(format!("key {key}.client_id: missing"));
+                p.add(format!("{key}.client_id"), "missing");
             }
+            if let Some(email) = &account.admin_email {
+                if !check::is_email(email) {
+                    p.add(
+                        format!("{key}.admin_email"),
+                        format!("'{email}' is not an e-mail address"),
+                    );
+                }
+            }
+            if !account.api_version.starts_with('v')
+                || account.api_version[1..].parse::<u8>().is_err()
+            {
+                p.add(
+                    format!("{key}.api_version"),
+                    format!("'{}' is not a version like v8", account.api_version),
+                );
+            }
+            p.range(
+                format!("{key}.timeout_seconds"),
+                account.timeout_seconds,
+                1.0,
+                300.0,
+            );
+            p.count(
+                format!("{key}.max_in_flight"),
+                account.max_in_flight as u64,
+                1,
+                100,
+            );
+            p.count(
+                format!("{key}.users_cache_seconds"),
+                account.users_cache_seconds,
+                0,
+                30 * 86400,
+            );
+            p.count(
+                format!("{key}.phone_cache_seconds"),
+                account.phone_cache_seconds,
+                0,
+                30 * 86400,
+            );
+            p.count(
+                format!("{key}.match_last_digits"),
+                account.match_last_digits as u64,
+                0,
+                15,
+            );
+            p.count(
+                format!("{key}.phone_index_refresh_seconds"),
+                account.phone_index_refresh_seconds,
+                0,
+                30 * 86400,
+            );
+            p.count(
+                format!("{key}.phone_index_rebuild_seconds"),
+                account.phone_index_rebuild_seconds,
+                0,
+                30 * 86400,
+            );
         }
         for (name, conf) in &self.zoho.configurations {
             let key = format!("zoho.configurations.{name}");
             if !self.zoho.accounts.contains_key(&conf.account) {
-                return Err(format!(
-                    "key {key}.account: no account '{}' under [zoho.accounts]",
-                    conf.account
-                ));
+                p.add(
+                    format!("{key}.account"),
+                    format!("no account '{}' under [zoho.accounts]", conf.account),
+                );
             }
-            crate::zoho::activity::Templates::compile(conf)
-                .map_err(|e| format!("key {key}.{e}"))?;
+            if let Err(e) = crate::zoho::activity::Templates::compile(conf) {
+                p.add_raw(format!("{key}.{e}"));
+            }
+            p.count(
+                format!("{key}.task_due_days"),
+                u64::from(conf.task_due_days),
+                0,
+                365,
+            );
         }
-        crate::triggers::validate(&self.triggers, &self.zoho)?;
-        crate::dial::config::validate(self)?;
-        crate::notify::config::validate(self)?;
-        self.validate_runtime()
+        if let Err(e) = crate::triggers::validate(&self.triggers, &self.zoho) {
+            p.add_raw(e.trim_start_matches("key ").to_string());
+        }
+        if let Err(e) = crate::dial::config::validate(self) {
+            p.add_raw(e.trim_start_matches("key ").to_string());
+        }
+        if let Err(e) = crate::notify::config::validate(self) {
+            p.add_raw(e.trim_start_matches("key ").to_string());
+        }
+        self.runtime_problems(&mut p);
+        p.0
     }
 
-    fn validate_runtime(&self) -> Result<(), String> {
+    fn runtime_problems(&self, p: &mut Problems) {
         let mut names = std::collections::HashSet::new();
-        for (i, p) in self.pbx.iter().enumerate() {
-            if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
-                return Err(format!(
-                    "key pbx[{i}].name: empty or used twice ('{}')",
-                    p.name
-                ));
+        for (i, pbx) in self.pbx.iter().enumerate() {
+            if pbx.name.trim().is_empty() || !names.insert(pbx.name.as_str()) {
+                p.add(
+                    format!("pbx[{i}].name"),
+                    format!("empty or used twice ('{}')", pbx.name),
+                );
             }
-            if p.username.is_empty() {
-                return Err(format!("key pbx[{i}].username: missing"));
+            if pbx.host.trim().is_empty() {
+                p.add(format!("pbx[{i}].host"), "missing");
             }
-            if !(p.ping_seconds.is_finite() && p.ping_seconds > 0.0) {
-                return Err(format!("key pbx[{i}].ping_seconds: must be positive"));
+            if pbx.port == 0 {
+                p.add(format!("pbx[{i}].port"), "must be between 1 and 65535");
             }
+            if pbx.username.is_empty() {
+                p.add(format!("pbx[{i}].username"), "missing");
+            }
+            p.range(
+                format!("pbx[{i}].ping_seconds"),
+                pbx.ping_seconds,
+                1.0,
+                300.0,
+            );
         }
         let url = &self.store.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            return Err(format!(
-                "key store.url: '{}' is neither sqlite://PATH nor postgres://...",
-                crate::store::redact_url(url)
-            ));
-        }
-        let d = &self.delivery;
-        if d.workers == 0 || d.workers > 64 {
-            return Err("key delivery.workers: between 1 and 64".into());
-        }
-        if d.batch_size == 0 || d.batch_size > 100 {
-            return Err(
-                "key delivery.batch_size: between 1 and 100 (Zoho's limit per insert)".into(),
+            p.add(
+                "store.url",
+                format!(
+                    "'{}' is neither sqlite://PATH nor postgres://...",
+                    crate::store::redact_url(url)
+                ),
             );
         }
-        for (key, v) in [
-            ("lease_seconds", d.lease_seconds),
-            ("backoff_initial_seconds", d.backoff_initial_seconds),
-            ("backoff_max_seconds", d.backoff_max_seconds),
-            ("poll_seconds", d.poll_seconds),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(format!(
-                    "key delivery.{key}: must be a positive number of seconds"
-                ));
-            }
+        let d = &self.delivery;
+        p.count("delivery.workers", d.workers as u64, 1, 64);
+        if d.batch_size == 0 || d.batch_size > 100 {
+            p.add(
+                "delivery.batch_size",
+                "between 1 and 100 (Zoho's limit per insert)",
+            );
+        }
+        p.count("delivery.max_attempts", u64::from(d.max_attempts), 0, 1000);
+        p.range("delivery.lease_seconds", d.lease_seconds, 1.0, 3600.0);
+        p.range(
+            "delivery.backoff_initial_seconds",
+            d.backoff_initial_seconds,
+            0.01,
+            3600.0,
+        );
+        p.range(
+            "delivery.backoff_max_seconds",
+            d.backoff_max_seconds,
+            0.01,
+            86400.0,
+        );
+        p.range("delivery.poll_seconds", d.poll_seconds, 0.05, 3600.0);
+        if d.backoff_max_seconds < d.backoff_initial_seconds {
+            p.add(
+                "delivery.backoff_max_seconds",
+                format!(
+                    "{} s is shorter than delivery.backoff_initial_seconds ({} s)",
+                    d.backoff_max_seconds, d.backoff_initial_seconds
+                ),
+            );
         }
         for (name, a) in &self.zoho.accounts {
             // A held lease must outlive any request made under it, or a second worker could
             // send the same record while the first request is still in flight.
             if d.lease_seconds <= a.timeout_seconds {
-                return Err(format!(
-                    "key delivery.lease_seconds: {} s must be longer than zoho.accounts.{name}.timeout_seconds ({} s); three times as long is comfortable",
+                p.add("delivery.lease_seconds", format!(
+                    "{} s must be longer than zoho.accounts.{name}.timeout_seconds ({} s); three times as long is comfortable",
                     d.lease_seconds, a.timeout_seconds
                 ));
             }
@@ -572,19 +731,75 @@ impl Config {
             ("agi.listen", &self.agi.listen),
         ] {
             if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(format!(
-                    "key {key}: '{listen}' is not an address like 127.0.0.1:8089"
-                ));
+                p.add(
+                    key,
+                    format!("'{listen}' is not an address like 127.0.0.1:8089"),
+                );
             }
         }
         if let Some(a) = &self.agi.account {
             if !self.zoho.accounts.contains_key(a) {
-                return Err(format!(
-                    "key agi.account: no account '{a}' under [zoho.accounts]"
-                ));
+                p.add(
+                    "agi.account",
+                    format!("no account '{a}' under [zoho.accounts]"),
+                );
             }
         }
-        Ok(())
+    }
+}
+
+/// One thing wrong with a configuration: the key (`delivery.poll_seconds`, `pbx[0].name`) and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key {}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `"key: message"` from the checks that name their key themselves.
+    fn add_raw(&mut self, text: String) {
+        match text.split_once(": ") {
+            Some((key, message)) => self.add(key.trim(), message.trim()),
+            None => self.add("(configuration)", text),
+        }
+    }
+
+    /// A duration or rate: finite and within `[min, max]` (1e300, NaN, negatives refused).
+    fn range(&mut self, key: impl Into<String>, v: f64, min: f64, max: f64) {
+        if !(v.is_finite() && v >= min && v <= max) {
+            let shown = if v.is_finite() && v.abs() >= 1e9 {
+                format!("{v:e}")
+            } else {
+                v.to_string()
+            };
+            self.add(
+                key,
+                format!("{shown} is out of range: between {min} and {max}"),
+            );
+        }
+    }
+
+    fn count(&mut self, key: impl Into<String>, v: u64, min: u64, max: u64) {
+        if v < min || v > max {
+            self.add(key, format!("{v} is out of range: between {min} and {max}"));
+        }
     }
 }
 

@@ -142,10 +142,10 @@ impl Bridge {
     /// it committed.
     async fn store_once(&self, pbx: &str, call: &Call, on: On) -> Result<(), StoreError> {
         let finished = on == On::End;
-        let mut activities = self.pipeline.records(pbx, call, on).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot render the call's records; they are not stored");
-            Vec::new()
-        });
+        // Records that cannot be rendered come back parked (failed, with the reason and the
+        // call's snapshot), so the call is stored whatever the configuration says.
+        let mut activities = self.pipeline.records(pbx, call, on);
+        crate::requeue::log_unrendered(&activities);
         // With [zoho.phonebridge] log_calls, Zoho's PhoneBridge log is the call's Call record.
         let logged_by_phonebridge = finished
             && self
@@ -266,7 +266,6 @@ pub async fn ingest_pbx(
         .max(Duration::from_millis(100));
     // After every login the PBX's channels and queues are listed, and the tracker reconciles.
     client_cfg.resync = true;
-    let name = pbx.name.clone();
     // What this instance knew of live calls when it last stopped, before the first session.
     let instance = cfg.store.instance_name();
     let mut tracker = tracker_for(&cfg);
@@ -274,25 +273,8 @@ pub async fn ingest_pbx(
     let mut clock = restored.clock;
     let mut gaps = GapMeter::new(&pbx.name, &restored);
     let mut saver = LiveSaver::start(bridge.store.clone(), &pbx.name, &instance);
-    let ami_error = |e: crate::ami::AmiError| DaemonError::Ami {
-        pbx: name.clone(),
-        message: e.to_string(),
-    };
-    // The first login is retried too: a PBX that is down at start is not a reason to exit.
-    let mut wait = Duration::from_secs(1);
-    let (_client, mut events) = loop {
-        match AmiClient::connect(client_cfg.clone()).await {
-            Ok(c) => break c,
-            Err(e @ crate::ami::AmiError::LoginFailed { .. }) => return Err(ami_error(e)),
-            Err(e) => {
-                tracing::error!(pbx = %pbx.name, error = %e, retry_in_s = wait.as_secs(), "AMI connect");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Ok(()),
-                }
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-        }
+    let Some((_client, mut events)) = connect_retrying(&client_cfg, &pbx.name, &stop).await else {
+        return Ok(());
     };
     tracing::info!(pbx = %pbx.name, host = %pbx.host, port = pbx.port, "AMI connected");
     crate::supervise::test_panic("pbx");
@@ -428,6 +410,36 @@ fn session_event(
             );
         }
         SourceEvent::Message(_) => {}
+    }
+}
+
+/// The first session of a PBX, retried with backoff until `stop`: a PBX that is down at start,
+/// or refuses the login (a wrong secret, a user not yet in manager.conf), is not a reason to
+/// stop reading the others. It stays "not connected" in `/readyz` meanwhile, and a refused
+/// login is retried more slowly (Asterisk logs every failed login).
+async fn connect_retrying(
+    cfg: &ClientConfig,
+    pbx: &str,
+    stop: &CancellationToken,
+) -> Option<(AmiClient, tokio::sync::mpsc::Receiver<SourceEvent>)> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let max = match AmiClient::connect(cfg.clone()).await {
+            Ok(c) => return Some(c),
+            Err(e @ crate::ami::AmiError::LoginFailed { .. }) => {
+                tracing::error!(pbx, error = %e, retry_in_s = wait.as_secs(), "AMI login refused: check pbx username and secret, and manager.conf");
+                Duration::from_secs(300)
+            }
+            Err(e) => {
+                tracing::error!(pbx, error = %e, retry_in_s = wait.as_secs(), "AMI connect");
+                Duration::from_secs(30)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return None,
+        }
+        wait = (wait * 2).min(max);
     }
 }
 

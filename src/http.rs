@@ -411,7 +411,7 @@ async fn page_search(
                 "queue": i.queue, "agent": i.agent, "route": i.outbound_route,
                 "user": i.user_email.as_deref().or(i.agent_email.as_deref()),
                 "duration": crate::zoho::activity::duration_mmss(i.talk_seconds.max(0) as u32),
-                "delivery": i.delivery,
+                "delivery": i.delivery, "delivery_error": i.delivery_error,
                 "linked": if i.contact_id.is_some() { "Contact" } else if i.lead_id.is_some() { "Lead" } else { "" },
                 "url": app.record_url(i),
             })
@@ -495,7 +495,7 @@ th { font-size: 12px; text-transform: uppercase; letter-spacing: .03em; color: #
         <td>{{ r.ended_at or '' }}</td><td>{{ r.direction }}</td><td class="s-{{ r.status }}">{{ r.status }}</td>
         <td class="number">{{ r.number or '' }}</td><td>{{ r.linked }}</td><td>{{ r.queue or '' }}</td><td>{{ r.agent or '' }}</td>
         <td>{{ r.route or '' }}</td><td>{{ r.user or '' }}</td><td>{{ r.duration }}</td>
-        <td class="d-{{ r.delivery }}">{{ r.delivery }}</td>
+        <td class="d-{{ r.delivery }}"{% if r.delivery_error %} title="{{ r.delivery_error }}"{% endif %}>{{ r.delivery }}{% if r.delivery_error %}<div class="muted reason">{{ r.delivery_error }}</div>{% endif %}</td>
         <td>{% if r.url %}<a href="{{ r.url }}" target="_blank" rel="noopener">open</a>{% else %}<span class="muted">–</span>{% endif %}</td>
       </tr>
     {% else %}

@@ -33,16 +33,15 @@ fn config_check_passes_the_example_and_names_the_key_of_a_bad_file() {
     let out = support::bridge()
         .args(["config", "check"])
         .arg(&example)
-        .env_remove("AMI_SECRET")
+        .env("AMI_SECRET", "a")
+        .env("ZOHO_CLIENT_SECRET", "z")
+        .env("AZB_HTTP_TOKEN", "t")
         .output()
         .expect("run");
     let text = support::success_stdout(&out);
     assert!(text.contains("valid"), "{text}");
     assert!(text.contains("1 PBX(s)"), "{text}");
-    assert!(
-        text.contains("AMI_SECRET is not set"),
-        "missing secrets are reported: {text}"
-    );
+    // A secret missing from the environment is a problem (tests/config_check.rs).
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bridge.toml");

@@ -35,6 +35,7 @@ fn activity(call: &Call) -> NewActivity {
         workflows: None,
         agent_email: call.agent_email.clone(),
         remote_number: call.caller.clone(),
+        unrendered: None,
     }
 }
 

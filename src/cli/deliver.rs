@@ -37,6 +37,12 @@ pub(crate) async fn replay_deliver(
             "pending": stats.pending,
         })
     );
+    if stats.failed > 0 {
+        eprintln!(
+            "warning: {} record(s) parked as failed, with the reason: `ami-zoho-bridge outbox list --state failed`, then `outbox retry --all-failed` once fixed",
+            stats.failed
+        );
+    }
     if stats.pending > 0 {
         anyhow::bail!(
             "{} record(s) still pending after {wait} s (they stay in the outbox)",

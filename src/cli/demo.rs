@@ -84,6 +84,15 @@ pub(crate) async fn attach_to_simulator(
     Ok(())
 }
 
+/// Removes the demo's temporary folder when the demo ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `demo`: a local Zoho, the bundled busy hour through the whole pipeline into SQLite, a
 /// summary of what was created, then the search page until Ctrl-C (or at once with
 /// `serve = false`).
@@ -105,9 +114,28 @@ pub(crate) async fn demo(
     use ami_zoho_bridge::secret::Secret;
     use tokio_util::sync::CancellationToken;
 
-    let dir = dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("ami-zoho-bridge-demo-{}", std::process::id()))
-    });
+    // The page's port first: a busy one is found before the hour is replayed, not after.
+    let listener = if serve {
+        Some(tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            UsageError(format!(
+                "cannot listen on {listen} for the search page: {e}; pick another address with --listen 127.0.0.1:8099 (or --no-serve)"
+            ))
+        })?)
+    } else {
+        None
+    };
+    // A folder of our own is removed when the demo ends; one given with --dir is kept.
+    let _cleanup;
+    let owned = dir.is_none();
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let d =
+                std::env::temp_dir().join(format!("ami-zoho-bridge-demo-{}", std::process::id()));
+            _cleanup = RemoveOnDrop(d.clone());
+            d
+        }
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let capture = dir.join("busyhour-seed11.ami.gz");
     std::fs::write(&capture, DEMO_CAPTURE)?;
@@ -125,8 +153,9 @@ pub(crate) async fn demo(
     cfg.http.token = Some(Secret::new(token.clone()));
 
     say!(
-        "Zoho simulator: http://{} (an org with sample users, contacts and leads)",
-        sim.addr
+        "Zoho simulator: http://{} (an org with sample users, contacts and leads; Self Client {} / {SIM_CLIENT_SECRET})",
+        sim.addr,
+        cfg.zoho.accounts.values().map(|a| a.client_id.as_str()).next().unwrap_or("-")
     );
     say!(
         "Replaying a recorded busy hour of an Asterisk 20 PBX (121 calls) into {}",
@@ -162,20 +191,25 @@ pub(crate) async fn demo(
             r["Call_Start_Time"].as_str().unwrap_or("")
         );
     }
-    if !serve {
+    let Some(listener) = listener else {
         bridge.store.close().await;
         return Ok(());
-    }
+    };
     let router =
         ami_zoho_bridge::http::router(&cfg, bridge.store.clone(), None).map_err(UsageError)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
     say!(
         "Search page: http://{}/  (sign in with the token {token})",
         listener.local_addr()?
     );
-    say!("Try a phone search for 333 158 8952 or 02 977 0838. Ctrl-C to stop.");
+    say!(
+        "Try a phone search for 333 158 8952 (a Contact) or 02 977 0838 (a Lead). Ctrl-C to stop."
+    );
+    if owned {
+        say!(
+            "The demo's folder {} is removed when it stops (--dir DIR keeps one).",
+            dir.display()
+        );
+    }
     let stop_http = CancellationToken::new();
     let server = tokio::spawn(ami_zoho_bridge::http::serve(
         listener,

@@ -13,6 +13,9 @@ use ami_zoho_bridge::calls::{self};
 use ami_zoho_bridge::config::Config;
 use ami_zoho_bridge::secret::Secret;
 
+/// Where the package (and the README's manual install) puts the configuration.
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/ami-zoho-bridge/bridge.toml";
+
 mod agent;
 mod bench;
 mod bench_notify;
@@ -93,14 +96,14 @@ enum Command {
     },
     /// Run the bridge: read every [[pbx]], store calls, deliver to Zoho, until SIGTERM/SIGINT.
     Run {
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Print an agent's personal link to the agent page (signed, expiring).
     AgentLink {
         /// The agent's e-mail (as in [agents]).
         email: String,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Zoho PhoneBridge: enable or disable the integration, list its users.
@@ -138,12 +141,12 @@ enum Command {
         /// One JSON object per call instead of a table.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Inspect and retry the outbox (the records waiting for, sent to or refused by Zoho).
     Outbox {
-        #[arg(long, default_value = "ami-zoho-bridge.toml", global = true)]
+        #[arg(long, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         command: OutboxCommand,
@@ -189,7 +192,7 @@ enum Command {
         agent: String,
         /// The number to call, in any written form.
         number: String,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Run a capture through parser and call tracker as fast as possible and print the rate.
@@ -243,14 +246,14 @@ enum ZohoCommand {
         /// The one-time grant code from the Self Client's "Generate Code" tab.
         #[arg(long)]
         code: String,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Check an account: token, administrator, users, and every endpoint the bridge uses.
     Test {
         #[arg(long)]
         account: String,
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }

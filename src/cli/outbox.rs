@@ -8,7 +8,7 @@ use super::{OutboxCommand, StateArg, UsageError};
 
 pub(crate) async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<()> {
     use ami_zoho_bridge::store::{OutboxState, Store};
-    let store = Store::open(&cfg.store.url).await?;
+    let store = Store::open_existing(&cfg.store.url).await?;
     let mut out = io::stdout().lock();
     match command {
         OutboxCommand::List { state, limit, json } => {
@@ -48,10 +48,30 @@ pub(crate) async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Resu
             None => return Err(UsageError(format!("no outbox row {id}")).into()),
         },
         OutboxCommand::Retry { id, all_failed } => {
-            let n = store
-                .outbox_retry(if all_failed { None } else { id })
-                .await?;
-            writeln!(out, "{n} row(s) queued again")?;
+            // Rows the old configuration could not render are rendered with this one.
+            let pipeline = ami_zoho_bridge::pipeline::Pipeline::new(cfg)
+                .map_err(|e| UsageError(format!("configuration: {e}")))?;
+            let r = ami_zoho_bridge::requeue::retry_failed(
+                &store,
+                &pipeline,
+                if all_failed { None } else { id },
+            )
+            .await?;
+            writeln!(
+                out,
+                "{} row(s) queued again ({} rendered with this configuration)",
+                r.queued, r.rendered
+            )?;
+            for (id, reason) in &r.still_failing {
+                writeln!(out, "row {id} still cannot be rendered: {reason}")?;
+            }
+            if !r.still_failing.is_empty() {
+                store.close().await;
+                anyhow::bail!(
+                    "{} row(s) still cannot be rendered: fix the configuration and retry",
+                    r.still_failing.len()
+                );
+            }
         }
     }
     store.close().await;

@@ -14,17 +14,17 @@ use super::UsageError;
 pub(crate) enum PhoneBridgeCommand {
     /// Enable the bridge as the org's PhoneBridge provider (`/phonebridge/v3/integrate`).
     Enable {
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = super::DEFAULT_CONFIG)]
         config: std::path::PathBuf,
     },
     /// Disable it.
     Disable {
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = super::DEFAULT_CONFIG)]
         config: std::path::PathBuf,
     },
     /// Zoho's PhoneBridge users beside the agents the bridge knows, matched by e-mail.
     Users {
-        #[arg(long, default_value = "ami-zoho-bridge.toml")]
+        #[arg(long, default_value = super::DEFAULT_CONFIG)]
         config: std::path::PathBuf,
     },
 }

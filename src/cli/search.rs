@@ -16,7 +16,7 @@ pub(crate) async fn search(
     let search = filters
         .search(country)
         .map_err(|e| UsageError(format!("--{}", e.to_string().replace('_', "-"))))?;
-    let store = ami_zoho_bridge::store::Store::open(&cfg.store.url).await?;
+    let store = ami_zoho_bridge::store::Store::open_existing(&cfg.store.url).await?;
     let (rows, total) = store.search(&search).await?;
     store.close().await;
     let mut out = std::io::stdout().lock();

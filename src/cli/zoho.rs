@@ -58,10 +58,12 @@ pub(crate) async fn test(cfg: &Config, name: &str) -> anyhow::Result<()> {
     let api = ZohoApi::new(oauth.clone(), acc, &cfg.calls.default_country, http);
     let mut problems = Vec::new();
     let mut out = std::io::stdout();
-    match oauth.access().await {
+    // A fresh token every time: it proves the configured client secret, which a cached
+    // access token would not.
+    match oauth.refresh_now().await {
         Ok(a) => writeln!(
             out,
-            "ok    access token valid (API domain {})",
+            "ok    token refreshed with the configured client secret (API domain {})",
             a.api_domain
         )?,
         Err(e) => {
@@ -99,6 +101,29 @@ pub(crate) async fn test(cfg: &Config, name: &str) -> anyhow::Result<()> {
             Err(e) => {
                 writeln!(out, "FAIL  {endpoint}: {e}")?;
                 problems.push(endpoint.to_string());
+            }
+        }
+    }
+    // Follow-up Tasks need their own scope: probed when a trigger of this account makes one.
+    let needs_tasks = cfg.triggers.iter().any(|t| {
+        t.actions.iter().any(|a| {
+            a.zoho_task
+                .as_ref()
+                .and_then(|c| cfg.zoho.configurations.get(c))
+                .is_some_and(|c| c.account == name)
+        })
+    });
+    if needs_tasks {
+        let scope = "ZohoCRM.modules.tasks.CREATE";
+        match api.probe_insert("Tasks").await {
+            Ok(()) => writeln!(out, "ok    tasks insert (a trigger makes follow-up Tasks)")?,
+            Err(e) if e.code() == Some("OAUTH_SCOPE_MISMATCH") => {
+                writeln!(out, "FAIL  tasks insert: missing OAuth scope {scope} (a trigger makes follow-up Tasks)")?;
+                problems.push(format!("missing scope {scope}"));
+            }
+            Err(e) => {
+                writeln!(out, "FAIL  tasks insert: {e}")?;
+                problems.push("tasks insert".into());
             }
         }
     }

@@ -54,6 +54,9 @@ pub struct Interaction {
     pub activity_id: Option<String>,
     /// pending / delivered / failed over the call's outbox rows; `none` if no trigger fired.
     pub delivery: String,
+    /// Why a record of the call is parked (`failed`): Zoho's refusal, or a configuration that
+    /// could not render it.
+    pub delivery_error: Option<String>,
 }
 
 /// The party outside the PBX: the caller of an inbound call, the callee of an outbound one.
@@ -145,6 +148,7 @@ fn interaction(r: &AnyRow) -> Result<Interaction, StoreError> {
         user_email: r.try_get("user_email")?,
         activity_id: r.try_get("activity_id")?,
         delivery: delivery.into(),
+        delivery_error: r.try_get("delivery_error")?,
     })
 }
 
@@ -171,7 +175,8 @@ impl Store {
             "SELECT i.*,
                 (SELECT COUNT(*) FROM outbox o WHERE o.pbx = i.pbx AND o.linkedid = i.linkedid AND o.state = 'pending') AS n_pending,
                 (SELECT COUNT(*) FROM outbox o WHERE o.pbx = i.pbx AND o.linkedid = i.linkedid AND o.state = 'failed') AS n_failed,
-                (SELECT COUNT(*) FROM outbox o WHERE o.pbx = i.pbx AND o.linkedid = i.linkedid AND o.state = 'delivered') AS n_delivered
+                (SELECT COUNT(*) FROM outbox o WHERE o.pbx = i.pbx AND o.linkedid = i.linkedid AND o.state = 'delivered') AS n_delivered,
+                (SELECT MIN(o.last_error) FROM outbox o WHERE o.pbx = i.pbx AND o.linkedid = i.linkedid AND o.state = 'failed') AS delivery_error
              FROM interactions i WHERE {filters}
              ORDER BY i.ended_at DESC, i.id DESC LIMIT $7 OFFSET $8"
         );

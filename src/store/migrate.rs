@@ -88,6 +88,8 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             PRIMARY KEY (pbx, instance)
         )"],
     ),
+    // A record the configuration could not render is parked with the call's snapshot, to be rendered again after the fix (`outbox retry`).
+    (3, &["ALTER TABLE outbox ADD COLUMN render_input TEXT"]),
 ];
 
 fn spell(sql: &str, backend: Backend) -> String {

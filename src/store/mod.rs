@@ -15,7 +15,9 @@ mod outbox;
 
 pub use interactions::{remote_number, Interaction, Search};
 pub use live::SavedLive;
-pub use outbox::{Delivered, Leased, NewActivity, OutboxRow, OutboxState, OutboxStats};
+pub use outbox::{
+    Delivered, Leased, NewActivity, OutboxRow, OutboxState, OutboxStats, Unrendered, UnrenderedRow,
+};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -242,6 +244,24 @@ impl Store {
             .await
             .map_err(|e| fail(format!("schema migration: {e}")))?;
         Ok(store)
+    }
+
+    /// Opens a store that must already exist: read-only commands (`outbox`, `search`) never
+    /// create an empty SQLite file where the bridge's store is not.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or(path);
+            if !path.is_empty() && !std::path::Path::new(path).is_file() {
+                return Err(StoreError::Open {
+                    url: redact_url(url),
+                    message: format!(
+                        "no store at {path}: nothing recorded there yet, or not the store.url the bridge uses"
+                    ),
+                });
+            }
+        }
+        Store::open(url).await
     }
 
     pub fn backend(&self) -> Backend {

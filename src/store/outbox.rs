@@ -30,6 +30,30 @@ pub struct NewActivity {
     pub agent_email: Option<String>,
     /// The far party's number, for the Contact/Lead lookup.
     pub remote_number: Option<String>,
+    /// Set when the record could not be rendered: the row is stored `failed` with the reason
+    /// (and an empty payload), never sent, until `outbox retry` renders it again.
+    pub unrendered: Option<Unrendered>,
+}
+
+/// Why a record could not be rendered, and what rendering it again needs.
+#[derive(Debug, Clone)]
+pub struct Unrendered {
+    pub reason: String,
+    /// The call as rendering sees it (`zoho::activity::CallSnapshot` as JSON).
+    pub snapshot: String,
+}
+
+/// A parked row waiting to be rendered again (see [`Unrendered`]).
+#[derive(Debug, Clone)]
+pub struct UnrenderedRow {
+    pub id: i64,
+    pub unique_key: String,
+    pub pbx: String,
+    pub linkedid: String,
+    pub trigger: String,
+    pub module: String,
+    pub configuration: String,
+    pub snapshot: String,
 }
 
 /// A row a worker holds: the record as it was stored, and the delivery state around it.
@@ -97,6 +121,8 @@ pub struct OutboxRow {
     pub unknown_outcome: bool,
     pub zoho_id: Option<String>,
     pub last_error: Option<String>,
+    /// Parked because the record could not be rendered (`outbox retry` renders it again).
+    pub unrendered: bool,
     pub created_at: Option<String>,
     pub delivered_at: Option<String>,
     pub payload: Value,
@@ -142,6 +168,7 @@ fn leased(row: &AnyRow) -> Result<Leased, StoreError> {
             workflows: workflows.and_then(|w| serde_json::from_str(&w).ok()),
             agent_email: row.try_get("agent_email")?,
             remote_number: row.try_get("remote_number")?,
+            unrendered: None,
         },
         attempts: row.try_get("attempts")?,
         unknown_outcome: row.try_get::<i64, _>("unknown_outcome")? != 0,
@@ -248,7 +275,7 @@ impl Store {
                 unknown_outcome = CASE WHEN lease_owner IS NOT NULL THEN 1 ELSE unknown_outcome END,
                 lease_owner = $1, lease_until = $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM outbox
-                WHERE state = 'pending' AND next_attempt_at <= $3
+                WHERE state = 'pending' AND next_attempt_at <= $3 AND render_input IS NULL
                   AND (lease_until IS NULL OR lease_until < $3)
                 ORDER BY next_attempt_at, id LIMIT $4{lock})
              RETURNING {COLUMNS}"
@@ -416,12 +443,13 @@ impl Store {
         row.as_ref().map(operator_row).transpose()
     }
 
-    /// Sends failed rows again (one, or all with `None`); returns how many.
+    /// Sends failed rows again (one, or all with `None`); returns how many. Rows that were never
+    /// rendered stay parked: they need [`Store::outbox_rendered`] first.
     pub async fn outbox_retry(&self, id: Option<i64>) -> Result<u64, StoreError> {
         let n = sqlx::query(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1,
                 lease_owner = NULL, lease_until = NULL
-             WHERE state = 'failed' AND ($2 < 0 OR id = $2)",
+             WHERE state = 'failed' AND render_input IS NULL AND ($2 < 0 OR id = $2)",
         )
         .bind(now_micros())
         .bind(id.unwrap_or(-1))
@@ -429,6 +457,74 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    /// Parked rows whose record was never rendered (one, or all with `None`), oldest first.
+    pub async fn outbox_unrendered(
+        &self,
+        id: Option<i64>,
+    ) -> Result<Vec<UnrenderedRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, unique_key, pbx, linkedid, trigger_name, module, configuration, render_input FROM outbox
+             WHERE state = 'failed' AND render_input IS NOT NULL AND ($1 < 0 OR id = $1)
+             ORDER BY id",
+        )
+        .bind(id.unwrap_or(-1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnrenderedRow {
+                    id: r.try_get("id")?,
+                    unique_key: r.try_get("unique_key")?,
+                    pbx: r.try_get("pbx")?,
+                    linkedid: r.try_get("linkedid")?,
+                    trigger: r.try_get("trigger_name")?,
+                    module: r.try_get("module")?,
+                    configuration: r.try_get("configuration")?,
+                    snapshot: r.try_get("render_input")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A parked row now rendered: it gets its record and is queued. False if the row was not
+    /// (or no longer) waiting for rendering.
+    pub async fn outbox_rendered(
+        &self,
+        id: i64,
+        account: &str,
+        payload: &Map<String, Value>,
+        workflows: Option<&[String]>,
+    ) -> Result<bool, StoreError> {
+        let workflows = workflows.map(|w| serde_json::to_string(w).unwrap_or_default());
+        let n = sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1,
+                lease_owner = NULL, lease_until = NULL, last_error = NULL, render_input = NULL,
+                payload = $2, account = $3, workflows = $4
+             WHERE id = $5 AND state = 'failed' AND render_input IS NOT NULL",
+        )
+        .bind(now_micros())
+        .bind(Value::Object(payload.clone()).to_string())
+        .bind(account)
+        .bind(workflows)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// A parked row that still cannot be rendered: the newest reason.
+    pub async fn outbox_render_failed(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET last_error = $1 WHERE id = $2 AND state = 'failed' AND render_input IS NOT NULL",
+        )
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
@@ -482,11 +578,15 @@ async fn insert_activity(
         .workflows
         .as_ref()
         .map(|w| serde_json::to_string(w).unwrap_or_default());
+    let (state, last_error, render_input) = match &a.unrendered {
+        Some(u) => ("failed", Some(u.reason.as_str()), Some(u.snapshot.as_str())),
+        None => ("pending", None, None),
+    };
     let n = sqlx::query(
         "INSERT INTO outbox (unique_key, pbx, linkedid, trigger_name, module, configuration, account,
             payload, workflows, agent_email, remote_number, state, attempts, next_attempt_at,
-            unknown_outcome, created_at, finalised_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, 0, $13, $14)
+            unknown_outcome, created_at, finalised_at, last_error, render_input)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, 0, $14, $15, $16, $17)
          ON CONFLICT (unique_key) DO NOTHING",
     )
     .bind(&a.unique_key)
@@ -500,9 +600,12 @@ async fn insert_activity(
     .bind(workflows)
     .bind(a.agent_email.as_deref())
     .bind(a.remote_number.as_deref())
+    .bind(state)
     .bind(now)
     .bind(now)
     .bind(finalised_at)
+    .bind(last_error)
+    .bind(render_input)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -525,6 +628,7 @@ fn operator_row(r: &AnyRow) -> Result<OutboxRow, StoreError> {
         unknown_outcome: r.try_get::<i64, _>("unknown_outcome")? != 0,
         zoho_id: r.try_get("zoho_id")?,
         last_error: r.try_get("last_error")?,
+        unrendered: r.try_get::<Option<String>, _>("render_input")?.is_some(),
         created_at: super::rfc3339(r.try_get("created_at")?),
         delivered_at: super::rfc3339(r.try_get("delivered_at")?),
         payload: serde_json::from_str(&payload).unwrap_or(Value::Null),

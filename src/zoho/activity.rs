@@ -8,6 +8,7 @@
 //! Inbound/Outbound, `Outgoing_Call_Status: Completed` on outbound calls.
 
 use minijinja::Environment;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::calls::{Call, Direction, Status};
@@ -109,15 +110,7 @@ pub fn zoho_time(call_time: crate::calls::Micros, tz: &jiff::tz::TimeZone) -> Op
 
 /// The variables templates can use: the call's JSON plus a few conveniences.
 pub fn template_context(call: &Call, trigger: &str, tz: &jiff::tz::TimeZone) -> Value {
-    let mut ctx = serde_json::to_value(call).unwrap_or_else(|_| json!({}));
-    if let Value::Object(map) = &mut ctx {
-        map.insert("trigger".into(), json!(trigger));
-        map.insert("duration".into(), json!(duration_mmss(call.talk_seconds)));
-        map.insert("call_type".into(), json!(CallType::of(call).as_str()));
-        map.insert("start_local".into(), json!(zoho_time(call.started_at, tz)));
-        map.remove("channels");
-    }
-    ctx
+    CallSnapshot::of(call, trigger).context(tz)
 }
 
 /// What a configuration needs to render records: its settings, its parsed templates, and the
@@ -129,15 +122,73 @@ pub struct Renderer<'a> {
     pub tz: &'a jiff::tz::TimeZone,
 }
 
+/// Everything rendering needs from a call, as plain data. A record that cannot be rendered
+/// (a template the configuration in force cannot render) is stored with its snapshot, so the
+/// admin can fix the configuration and render it again (`outbox retry`) long after the call's
+/// tracker state is gone. Times are kept as UTC microseconds: the zone is the configuration's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallSnapshot {
+    /// The template variables (the call's JSON, `trigger`, `duration`, `call_type`).
+    pub vars: Value,
+    pub call_type: String,
+    pub answered: bool,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub talk_seconds: u32,
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+}
+
+impl CallSnapshot {
+    pub fn of(call: &Call, trigger: &str) -> CallSnapshot {
+        let mut vars = serde_json::to_value(call).unwrap_or_else(|_| json!({}));
+        if let Value::Object(map) = &mut vars {
+            map.insert("trigger".into(), json!(trigger));
+            map.insert("duration".into(), json!(duration_mmss(call.talk_seconds)));
+            map.insert("call_type".into(), json!(CallType::of(call).as_str()));
+            map.remove("channels");
+        }
+        CallSnapshot {
+            vars,
+            call_type: CallType::of(call).as_str().into(),
+            answered: call.status == Status::Answered,
+            started_at: call.started_at.0,
+            ended_at: call.ended_at.0,
+            talk_seconds: call.talk_seconds,
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
+        }
+    }
+
+    fn call_type(&self) -> CallType {
+        match self.call_type.as_str() {
+            "Inbound" => CallType::Inbound,
+            "Missed" => CallType::Missed,
+            _ => CallType::Outbound,
+        }
+    }
+
+    /// The template variables with the start in the configured zone.
+    fn context(&self, tz: &jiff::tz::TimeZone) -> Value {
+        let mut ctx = self.vars.clone();
+        if let Value::Object(map) = &mut ctx {
+            map.insert(
+                "start_local".into(),
+                json!(zoho_time(crate::calls::Micros(self.started_at), tz)),
+            );
+        }
+        ctx
+    }
+}
+
 /// The template variables and a record holding the rendered subject (Zoho's 255-char cap).
 fn begin(
     templates: &Templates,
-    call: &Call,
-    trigger: &str,
+    snap: &CallSnapshot,
     tz: &jiff::tz::TimeZone,
     subject: &str,
 ) -> Result<(Value, Map<String, Value>), String> {
-    let ctx = template_context(call, trigger, tz);
+    let ctx = snap.context(tz);
     let mut r = Map::new();
     r.insert(
         "Subject".into(),
@@ -153,26 +204,35 @@ pub fn render_call(
     trigger: &str,
     lookups: Option<&Lookups>,
 ) -> Result<Map<String, Value>, String> {
+    render_call_snapshot(r, &CallSnapshot::of(call, trigger), lookups)
+}
+
+/// The Call record of a snapshot (a call rendered again after its configuration was fixed).
+pub fn render_call_snapshot(
+    r: Renderer<'_>,
+    snap: &CallSnapshot,
+    lookups: Option<&Lookups>,
+) -> Result<Map<String, Value>, String> {
     let Renderer {
         conf,
         templates,
         tz,
     } = r;
-    let (ctx, mut r) = begin(templates, call, trigger, tz, SUBJECT)?;
-    let call_type = CallType::of(call);
+    let (ctx, mut r) = begin(templates, snap, tz, SUBJECT)?;
+    let call_type = snap.call_type();
     r.insert("Call_Type".into(), json!(call_type.as_str()));
-    let start = zoho_time(call.started_at, tz).ok_or("the call's start time is out of range")?;
+    let start = zoho_time(crate::calls::Micros(snap.started_at), tz)
+        .ok_or("the call's start time is out of range")?;
     r.insert("Call_Start_Time".into(), json!(start));
     match call_type {
         CallType::Missed => {}
         CallType::Inbound | CallType::Outbound => {
             // Zoho refuses a zero duration on these types; an unanswered outbound call is
             // logged with its ring time.
-            let secs = if call.status == Status::Answered {
-                call.talk_seconds
+            let secs = if snap.answered {
+                snap.talk_seconds
             } else {
-                call.ended_at
-                    .seconds_since(call.started_at)
+                ((snap.ended_at - snap.started_at) as f64 / 1e6)
                     .round()
                     .max(0.0) as u32
             };
@@ -186,10 +246,10 @@ pub fn render_call(
         "Description".into(),
         json!(templates.render(DESCRIPTION, &ctx)?),
     );
-    if let Some(n) = &call.caller {
+    if let Some(n) = &snap.caller {
         r.insert("Caller_ID".into(), json!(n));
     }
-    if let Some(n) = &call.callee {
+    if let Some(n) = &snap.callee {
         r.insert("Dialled_Number".into(), json!(n));
     }
     if conf.recording_url.is_some() {
@@ -219,13 +279,22 @@ pub fn render_task(
     trigger: &str,
     lookups: Option<&Lookups>,
 ) -> Result<Map<String, Value>, String> {
+    render_task_snapshot(r, &CallSnapshot::of(call, trigger), lookups)
+}
+
+/// The follow-up Task of a snapshot.
+pub fn render_task_snapshot(
+    r: Renderer<'_>,
+    snap: &CallSnapshot,
+    lookups: Option<&Lookups>,
+) -> Result<Map<String, Value>, String> {
     let Renderer {
         conf,
         templates,
         tz,
     } = r;
-    let (ctx, mut r) = begin(templates, call, trigger, tz, TASK_SUBJECT)?;
-    let due_secs = call.ended_at.0.div_euclid(1_000_000) + i64::from(conf.task_due_days) * 86_400;
+    let (ctx, mut r) = begin(templates, snap, tz, TASK_SUBJECT)?;
+    let due_secs = snap.ended_at.div_euclid(1_000_000) + i64::from(conf.task_due_days) * 86_400;
     let due = jiff::Timestamp::from_second(due_secs)
         .map_err(|e| e.to_string())?
         .to_zoned(tz.clone())

@@ -771,6 +771,17 @@ impl ZohoApi {
     }
 }
 
+impl ZohoApi {
+    /// Probes inserting into `module` (an empty insert: refused for its data after the scope
+    /// check, so nothing is created). `zoho test` probes each module the triggers write.
+    pub async fn probe_insert(&self, module: &str) -> Result<(), ZohoError> {
+        let r = self
+            .request(Method::POST, module, &[], Some(&json!({ "data": [] })))
+            .await;
+        ok_unless_denied(r, &format!("inserting {module}"))
+    }
+}
+
 /// For probes: any answer but an authorization failure means the endpoint is usable.
 fn ok_unless_denied(r: Result<Answer, ZohoError>, what: &str) -> Result<(), ZohoError> {
     let a = r?;

@@ -201,7 +201,7 @@ impl OAuth {
         let store = TokenFile::new(
             cfg.token_file
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("zoho-tokens-{account}.json"))),
+                .unwrap_or_else(|| crate::config::default_token_file(account)),
         );
         Ok(OAuth {
             account: account.to_string(),
@@ -309,6 +309,22 @@ impl OAuth {
         }
     }
 
+    /// Refreshes now, whatever the cached access token: `zoho test` proves the configured
+    /// client secret works (a cached token would hide a wrong one until it expires).
+    pub async fn refresh_now(&self) -> Result<Access, ZohoError> {
+        {
+            let mut state = self.state.lock().await;
+            if state.is_none() {
+                *state = self.store.load()?;
+            }
+            if let Some(t) = state.as_mut() {
+                t.access_token = None;
+                t.expires_at = None;
+            }
+        }
+        self.access().await
+    }
+
     /// Forgets `token` after Zoho called it invalid, so the next [`OAuth::access`] refreshes.
     pub async fn invalidate(&self, token: &Secret) {
         let mut state = self.state.lock().await;
@@ -389,7 +405,10 @@ impl OAuth {
         let throttled = code == "Access Denied" || description.contains("too many requests");
         let message = match code.as_str() {
             "invalid_code" => "the grant code (or refresh token) is invalid, expired, already used, or from another data center".to_string(),
-            "invalid_client" => "unknown client id (is the data center right?)".to_string(),
+            "invalid_client_secret" => "wrong client secret: the client id is known, the secret is not this client's (client_secret_env)".to_string(),
+            // Zoho may answer this for a wrong secret too (`invalid_client_secret` is not
+            // confirmed on every data center): both causes are named.
+            "invalid_client" => "unknown client id on this data center (is dc right?), or a client secret that is not this client's".to_string(),
             _ if throttled => "too many token requests: Zoho allows ten per refresh token per ten minutes; retrying later".to_string(),
             _ if !description.is_empty() => description.to_string(),
             _ => format!("token endpoint answered HTTP {status}"),

@@ -26,11 +26,18 @@ pub(super) async fn token(
     let mut inner = lock(&inner);
     inner.stats.token_requests += 1;
     let err = |code: &str| Json(json!({ "error": code })).into_response();
-    let client_ok = inner.seed.clients.iter().any(|c| {
-        Some(&c.client_id) == p.get("client_id") && Some(&c.client_secret) == p.get("client_secret")
-    });
-    if !client_ok {
+    // An unknown client id and a known one with the wrong secret are told apart, as the
+    // reference describes (`invalid_client`, `invalid_client_secret`).
+    let Some(client) = inner
+        .seed
+        .clients
+        .iter()
+        .find(|c| Some(&c.client_id) == p.get("client_id"))
+    else {
         return err("invalid_client");
+    };
+    if Some(&client.client_secret) != p.get("client_secret") {
+        return err("invalid_client_secret");
     }
     let client_id = p.get("client_id").cloned().unwrap_or_default();
     match p.get("grant_type").map(String::as_str) {

@@ -126,7 +126,10 @@ const EXPECTED: &[(&str, &str, &str, &str, usize, &str)] = &[
     ),
     (
         "queue/queue_a_cancel.json",
-        "cancelled",
+        // The caller gave up while the queue rang: QueueCallerAbandon names the queue
+        // (670100-540100), so this is a queue call the caller abandoned (issue 10), not an
+        // outbound dial cancelled.
+        "abandoned",
         "+31150010001",
         "+31150010004",
         0,
@@ -239,7 +242,9 @@ const EXPECTED: &[(&str, &str, &str, &str, usize, &str)] = &[
     (
         "originate/ctd-account-world-deny-a.json",
         "busy",
-        "",
+        // The calling side of a click-to-dial is the agent whose phone the Originate rang
+        // (SIP/150010001, caller id 201), as for a call the agent dialled by hand (issue 10).
+        "201",
         "ID400381",
         0,
         "click-to-dial: the agent's own phone rejects (DialEnd BUSY)",

@@ -71,6 +71,11 @@ fn compare(truth: &Value, call: &Call, cut_off: bool, tol: f64) -> Vec<String> {
         if cut_off && want.is_none() {
             return;
         }
+        // A field the call itself names as not established (the stream does not carry it):
+        // reported by the caller of `compare` (only the expected few are allowed).
+        if call.unknown.contains(&what) {
+            return;
+        }
         if want != got {
             diffs.push(format!("{what}: truth {want:?}, got {got:?}"));
         }
@@ -91,7 +96,17 @@ fn compare(truth: &Value, call: &Call, cut_off: bool, tol: f64) -> Vec<String> {
         call.callee.clone(),
     );
     check("queue", str_field(truth, "queue"), call.queue.clone());
-    check("agent", str_field(truth, "agent"), call.agent.clone());
+    if call.direction.as_str() != "inbound" && call.caller_name.is_none() {
+        // The calling agent's name is not in the stream (a click-to-dial's caller id is the
+        // extension alone: `CallerIDName: <unknown>` everywhere): the extension must match.
+        check(
+            "agent_extension",
+            str_field(truth, "agent_extension"),
+            call.agent_extension.clone(),
+        );
+    } else {
+        check("agent", str_field(truth, "agent"), call.agent.clone());
+    }
     check(
         "outbound_route",
         str_field(truth, "outbound_route"),
@@ -148,6 +163,14 @@ fn compare(truth: &Value, call: &Call, cut_off: bool, tol: f64) -> Vec<String> {
     diffs
 }
 
+/// Fields a call may name as not established, and where: a click-to-dial whose agent never
+/// answered never reaches the outbound route, so no event names it (the truth has it from
+/// the lab's plan).
+const ALLOWED_UNKNOWN: &[(&str, &str)] = &[
+    ("ctd-agent-noanswer.ami", "outbound_route"),
+    ("ctd2-agent-noanswer.ami", "outbound_route"),
+];
+
 fn check_lab(lab: &str) {
     let dir = support::root().join("fixtures").join(lab);
     let config = dir.join("bridge.toml");
@@ -182,6 +205,18 @@ fn check_lab(lab: &str) {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        for c in &calls {
+            for u in &c.unknown {
+                // A PBX killed mid-call never says when its calls ended.
+                let allowed = (cut_off && *u == "ended_at")
+                    || ALLOWED_UNKNOWN
+                        .iter()
+                        .any(|(file, field)| name == *file && u == field);
+                if !allowed {
+                    failures.push(format!("{name} {}: {u} not established", c.linkedid));
+                }
+            }
+        }
         for t in &list {
             checked += 1;
             let linkedid = str_field(t, "linkedid").unwrap_or_default();

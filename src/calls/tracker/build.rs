@@ -13,7 +13,12 @@ impl Tracker {
         let inbound = self.is_trunk(&c.first_context, &c.first_name);
         let direction = if inbound {
             Direction::Inbound
-        } else if c.route.is_some() || c.trunk_leg {
+        } else if c.route.is_some()
+            || c.trunk_leg
+            // A click-to-dial whose agent never answered: the number was never dialled, but
+            // the call was one to the outside world.
+            || (c.originated && c.origin_dial_begin.is_none() && c.callee.is_some())
+        {
             Direction::Outbound
         } else {
             Direction::Internal
@@ -55,8 +60,15 @@ impl Tracker {
                 c.agent.clone(),
                 c.agent_interface.as_deref().and_then(interface_extension),
             ),
+            // A click-to-dial's agent is the phone the Originate rang (its caller id, an
+            // extension), never the CLI the dialplan set on the Local channel for the far end.
+            _ if c.originate_agent.is_some() => {
+                (c.originate_agent.clone(), c.originate_agent.clone())
+            }
             _ => (c.caller_name.clone().or(c.caller.clone()), c.caller.clone()),
         };
+        // The calling side of a click-to-dial is the agent, as for a call dialled by hand.
+        let caller = c.originate_agent.clone().or_else(|| c.caller.clone());
         let agent_email = c
             .agent_email
             .clone()
@@ -85,6 +97,10 @@ impl Tracker {
                 unknown_fields.push(Unknown::AnsweredAt);
             }
         }
+        if direction == Direction::Outbound && c.route.is_none() && c.originated {
+            // A click-to-dial that never reached the dialplan's route.
+            unknown_fields.push(Unknown::OutboundRoute);
+        }
         if status != Status::Answered {
             unknown_fields.retain(|u| !matches!(u, Unknown::AnsweredAt | Unknown::Agent));
         }
@@ -94,7 +110,7 @@ impl Tracker {
         Some(Call {
             linkedid,
             direction,
-            caller: c.caller.clone(),
+            caller,
             caller_name: c.caller_name.clone(),
             callee: c.callee.clone(),
             queue: c.queue.clone(),
@@ -116,7 +132,12 @@ impl Tracker {
             hangup_by,
             transfers: c.transfers.clone(),
             tags: c.tags.clone(),
-            incomplete: c.incomplete,
+            // Precise: events were lost and some field could not be established. A click-to-
+            // dial that never reached a route has none to establish; a stream without a clock
+            // has no times at all, which says nothing of the call.
+            incomplete: c.incomplete
+                || c.unknown.iter().any(|u| *u != Unknown::OutboundRoute)
+                    && status == Status::Answered,
             unknown,
             gaps: c.gaps.clone(),
             original_caller: c.original_caller.clone(),
@@ -153,9 +174,11 @@ impl Tracker {
         if c.origin_dial_answer.is_some() {
             return Status::Answered;
         }
-        let verdict = [&c.origin_dial_end, &c.originate_status]
+        // The Originate's own ANSWER is the agent's phone answering, not the call.
+        let originate = c.originate_status.as_deref().filter(|s| *s != "ANSWER");
+        let verdict = [c.origin_dial_end.as_deref(), originate]
             .into_iter()
-            .find_map(|s| s.as_deref().and_then(Status::from_dial_status));
+            .find_map(|s| s.and_then(Status::from_dial_status));
         if let Some(s) = verdict {
             return s;
         }

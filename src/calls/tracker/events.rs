@@ -4,6 +4,7 @@
 //! proves about the call (caller, queue, agent, dial outcomes, transfers), and lets the
 //! grouping in [`super::group`] join calls that turn out to be one conversation.
 
+use super::channels::{DEST, PLAIN, TRANSFER_SNAPS};
 use super::*;
 
 /// A byte-string pattern match compiles to a switch on the length and a few byte compares,
@@ -33,43 +34,9 @@ pub(super) fn relevant(event: &[u8]) -> bool {
             | b"Shutdown"
             | b"FullyBooted"
             | b"NewCallerid"
+            | b"OriginateResponse"
     )
 }
-
-/// Header names of a channel snapshot with a given prefix, spelled out once.
-pub(super) struct Snap {
-    uniqueid: &'static str,
-    channel: &'static str,
-    linkedid: &'static str,
-    context: &'static str,
-    exten: &'static str,
-    num: &'static str,
-    name: &'static str,
-}
-
-macro_rules! snap {
-    ($p:literal) => {
-        Snap {
-            uniqueid: concat!($p, "Uniqueid"),
-            channel: concat!($p, "Channel"),
-            linkedid: concat!($p, "Linkedid"),
-            context: concat!($p, "Context"),
-            exten: concat!($p, "Exten"),
-            num: concat!($p, "CallerIDNum"),
-            name: concat!($p, "CallerIDName"),
-        }
-    };
-}
-
-pub(super) const PLAIN: Snap = snap!("");
-pub(super) const DEST: Snap = snap!("Dest");
-pub(super) const TRANSFER_SNAPS: [Snap; 5] = [
-    snap!("Transferer"),
-    snap!("Transferee"),
-    snap!("OrigTransferer"),
-    snap!("SecondTransferer"),
-    snap!("TransferTarget"),
-];
 
 impl Tracker {
     pub(super) fn apply(
@@ -95,7 +62,13 @@ impl Tracker {
                 }
             }
             "QueueCallerAbandon" => {
-                self.channel(m, &PLAIN, ts);
+                // The queue of a caller who gave up is named here even when no QueueCallerJoin
+                // was recorded (a stream joined mid-call, a capture of call events only).
+                if let Some(k) = self.channel(m, &PLAIN, ts) {
+                    if let Some(q) = text(m, "Queue") {
+                        self.call_mut(k).queue.get_or_insert(q);
+                    }
+                }
             }
             "AgentCalled" => {
                 if let Some(k) = self.channel(m, &PLAIN, ts) {
@@ -145,133 +118,9 @@ impl Tracker {
             "Shutdown" => self.end_everything(ts),
             "FullyBooted" => self.on_fully_booted(m, estimate),
             // An originated channel's caller id arrives here, after its Newchannel.
-            "NewCallerid" => {
-                self.channel(m, &PLAIN, ts);
-            }
+            "NewCallerid" => self.on_new_callerid(m, ts),
+            "OriginateResponse" => self.on_originate_response(m),
             _ => {}
-        }
-    }
-
-    /// Finds or creates the channel of an event's snapshot (prefix "" or "Dest" ...), records
-    /// what it tells about the call, and returns the call's key.
-    pub(super) fn channel(&mut self, m: &Message, snap: &Snap, ts: Micros) -> Option<CallKey> {
-        let uid = field(m, snap.uniqueid)?;
-        let key = match self.channels.get(uid) {
-            Some(c) => c.call,
-            None => self.new_channel(m, snap, uid, ts)?,
-        };
-        self.observe_snapshot(key, m, snap, uid, ts);
-        Some(key)
-    }
-
-    pub(super) fn new_channel(
-        &mut self,
-        m: &Message,
-        snap: &Snap,
-        uid: &str,
-        ts: Micros,
-    ) -> Option<CallKey> {
-        let name = text(m, snap.channel)?;
-        let linkedid = text(m, snap.linkedid).unwrap_or_else(|| uid.to_string());
-        let context = text(m, snap.context).unwrap_or_default();
-        let local = name.starts_with("Local/");
-        let key = match self.by_linkedid.get(&linkedid) {
-            Some(k) if self.calls.contains_key(k) => *k,
-            _ => {
-                let k = self.next_key;
-                self.next_key += 1;
-                self.calls.insert(
-                    k,
-                    CallState {
-                        linkedid: linkedid.clone(),
-                        started_at: ts,
-                        last_event: ts,
-                        first_context: context.clone(),
-                        first_name: name.clone(),
-                        ..CallState::default()
-                    },
-                );
-                self.by_linkedid.insert(linkedid, k);
-                self.peak_live = self.peak_live.max(self.calls.len());
-                k
-            }
-        };
-        {
-            let c = self.call_mut(key);
-            c.channels.push(uid.to_string());
-            c.live += 1;
-            c.all_ended_at = None;
-        }
-        self.channels.insert(
-            uid.to_string(),
-            Chan {
-                call: key,
-                name: name.clone(),
-                local,
-                hung_up: None,
-                cause: None,
-            },
-        );
-        if local {
-            if let Some(base) = local_base(&name) {
-                match self.local_names.get(base) {
-                    Some(other) if other != uid => {
-                        let other = other.clone();
-                        self.union_channels(uid, &other);
-                    }
-                    _ => {
-                        self.local_names.insert(base.to_string(), uid.to_string());
-                    }
-                }
-            }
-        }
-        self.channels.get(uid).map(|c| c.call)
-    }
-
-    /// Caller id, dialled number and route hints from a snapshot of the call's first channel
-    /// (or its Local partner, for the route).
-    pub(super) fn observe_snapshot(
-        &mut self,
-        key: CallKey,
-        m: &Message,
-        snap: &Snap,
-        uid: &str,
-        ts: Micros,
-    ) {
-        let Some(c) = self.calls.get_mut(&key) else {
-            return;
-        };
-        c.last_event = c.last_event.max(ts);
-        let is_first = c.channels.first().is_some_and(|f| f == uid);
-        if !is_first && !is_origin_partner(c, uid) {
-            return;
-        }
-        if c.route.is_none() {
-            if let Some(ctx) = field(m, snap.context) {
-                let cfg = &self.cfg;
-                c.route = cfg.routes.get(ctx).cloned().or_else(|| {
-                    cfg.route_context_prefixes
-                        .iter()
-                        .any(|p| !p.is_empty() && ctx.starts_with(p.as_str()))
-                        .then(|| ctx.to_string())
-                });
-            }
-        }
-        if !is_first {
-            return;
-        }
-        if c.caller.is_none() {
-            if let Some(n) = text(m, snap.num).filter(|n| known(n)) {
-                c.caller = Some(n);
-                c.caller_name = text(m, snap.name).filter(|n| known(n));
-            }
-        }
-        if c.callee.is_none() {
-            if let Some(e) =
-                field(m, snap.exten).filter(|e| !matches!(*e, "" | "s" | "h" | "i" | "t"))
-            {
-                c.callee = Some(e.to_string());
-            }
         }
     }
 
@@ -324,6 +173,19 @@ impl Tracker {
         let caller = self.channel(m, &PLAIN, ts);
         let dest = self.channel(m, &DEST, ts);
         let (Some(ck), Some(_)) = (caller, dest) else {
+            // An Originate's dial has no caller: it rings the call's first channel (the
+            // agent's phone of a click-to-dial), which then dials the number.
+            if let Some(k) = dest {
+                let first = self.calls.get(&k).and_then(|c| c.channels.first().cloned());
+                let inbound = self
+                    .calls
+                    .get(&k)
+                    .is_some_and(|c| self.is_trunk(&c.first_context, &c.first_name));
+                // (An inbound call may be originated too: a test rig's caller. It stays one.)
+                if !inbound && first.is_some() && first.as_deref() == field(m, "DestUniqueid") {
+                    self.call_mut(k).originated = true;
+                }
+            }
             return;
         };
         let key = self.link_dest(ck, m, ts).unwrap_or(ck);
@@ -336,9 +198,27 @@ impl Tracker {
                 .iter()
                 .any(|c| *c == *dest_context);
         let origin = self.is_origin(key, m);
+        let first = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.channels.first())
+            .is_some_and(|f| Some(f.as_str()) == field(m, "Uniqueid"));
         let c = self.call_mut(key);
         if trunkish {
             c.trunk_leg = true;
+        }
+        if origin && first && c.originated && !c.first_dialled {
+            // A click-to-dial calls the number once the agent's phone answered: that number,
+            // not the agent's own extension the Originate rang first, is the callee, and this
+            // dial's outcome, not the agent leg's, is the call's.
+            c.first_dialled = true;
+            if let Some(e) = dialled_number(m) {
+                c.callee = Some(e);
+            }
+            c.origin_dial_begin = None;
+            c.origin_dial_answer = None;
+            c.origin_dial_end = None;
+            c.origin_dial_status = None;
         }
         if origin {
             c.origin_dial_begin.get_or_insert(ts);
@@ -383,6 +263,95 @@ impl Tracker {
             if c.queue.is_none() {
                 self.moment(key, Moment::Answer, out);
             }
+        }
+    }
+
+    /// The outcome of an `Originate` (click-to-dial), sent to every session. Success names
+    /// the first channel and the number it goes on to dial; Failure (the agent's phone was not
+    /// answered, busy…) names only the dial string, so it is matched to the originated call
+    /// of that interface still waiting for an outcome.
+    pub(super) fn on_originate_response(&mut self, m: &Message) {
+        let uid = field(m, "Uniqueid").filter(|u| known(u));
+        let key = match uid.and_then(|u| self.channels.get(u)) {
+            Some(ch) => Some(ch.call),
+            None => {
+                let Some(dial) = field(m, "Channel") else {
+                    return;
+                };
+                let base = dial_base(dial);
+                self.calls
+                    .iter()
+                    .filter(|(_, c)| c.originated && c.originate_status.is_none())
+                    .filter(|(_, c)| dial_base(&c.first_name) == base)
+                    .max_by_key(|(k, c)| (c.started_at, **k))
+                    .map(|(k, _)| *k)
+            }
+        };
+        let Some(key) = key else { return };
+        let failed = field(m, "Response").is_some_and(|r| r.eq_ignore_ascii_case("Failure"));
+        let exten = text(m, "Exten").filter(|e| known(e) && e != "s");
+        let c = self.call_mut(key);
+        if !c.originated {
+            return;
+        }
+        if !c.first_dialled {
+            // The number the agent's answer will dial (the only place it shows when the agent
+            // never answers).
+            if let Some(e) = exten.filter(|e| {
+                e.trim_start_matches('+')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            }) {
+                c.callee = Some(e);
+            }
+        }
+        if failed && c.originate_status.is_none() {
+            // Asterisk's originate reasons: 1 hung up, 3 ringing (no answer), 5 busy,
+            // 8 congestion; anything else is a failure.
+            let status = match field(m, "Reason").map(str::trim) {
+                Some("3") | Some("1") => "NOANSWER",
+                Some("5") => "BUSY",
+                Some("8") => "CONGESTION",
+                _ => "CHANUNAVAIL",
+            };
+            c.originate_status = Some(status.to_string());
+        }
+    }
+
+    /// An originated channel's caller id arrives here, after its Newchannel; and a dialplan
+    /// that rewrites or masks the caller's number (`+31260xxxxxx`) before dialling says so
+    /// here. The call keeps what the PBX presented, so a masked number never reaches the CRM,
+    /// and the first number as `original_caller`.
+    pub(super) fn on_new_callerid(&mut self, m: &Message, ts: Micros) {
+        let Some(key) = self.channel(m, &PLAIN, ts) else {
+            return;
+        };
+        let Some(c) = self.calls.get(&key) else {
+            return;
+        };
+        let first = c.channels.first().map(String::as_str) == field(m, "Uniqueid");
+        if !first || c.origin_dial_begin.is_some() || c.connected_at.is_some() {
+            return;
+        }
+        let Some(num) = field(m, "CallerIDNum").filter(|n| known(n)) else {
+            return;
+        };
+        // Only a caller's number that the PBX masks, or an external caller's number it
+        // rewrites, is taken: an agent's extension rewritten to the company's CLI for the far
+        // end (an outbound route) still names the agent who called.
+        let masked = num.bytes().any(|b| matches!(b, b'x' | b'X' | b'*'))
+            || num.eq_ignore_ascii_case("anonymous")
+            || field(m, "CID-CallingPres").is_some_and(|p| p.contains("Prohibited"));
+        let inbound = self.is_trunk(&c.first_context, &c.first_name);
+        let Some(c) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if (masked || inbound) && c.caller.as_deref().is_some_and(|old| old != num) {
+            if c.original_caller.is_none() {
+                c.original_caller = c.caller.take();
+            }
+            c.caller = Some(num.to_string());
+            c.caller_name = text(m, "CallerIDName").filter(|n| known(n));
         }
     }
 
@@ -535,11 +504,16 @@ impl Tracker {
         let Some(key) = self.channels.get(&anchor).map(|c| c.call) else {
             return;
         };
+        // Who the transferred party ends up with: a blind transfer's `Extension`; an
+        // attended one's target channel when the consultation call was bridged to it, else
+        // the party the transferer's second channel was talking to or had dialled (blonde).
+        // `TransferTargetExten` is what the target itself dialled (often the transferer).
         let target = [
             "Extension",
-            "TransferTargetExten",
             "TransferTargetCallerIDNum",
             "SecondTransfererConnectedLineNum",
+            "SecondTransfererExten",
+            "TransferTargetExten",
         ]
         .into_iter()
         .find_map(|h| text(m, h).filter(|v| known(v)));
@@ -630,4 +604,31 @@ impl Tracker {
             }
         }
     }
+}
+
+/// `Local/2004@agents-0000002a;1` and the dial string `Local/2004@agents` → `Local/2004@agents`.
+fn dial_base(name: &str) -> &str {
+    let name = local_base(name).unwrap_or(name);
+    match name.rfind('-') {
+        Some(i)
+            if i > name.find('/').unwrap_or(0)
+                && name[i + 1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            &name[..i]
+        }
+        _ => name,
+    }
+}
+
+/// The number a dial goes to: the `DialString`'s destination (`0298765432@fake-pstn`,
+/// `SIP/trunk/+3126…`) when it is a phone number, else `DestExten`. Dialplans that dial through
+/// Local channels named by internal tokens (`ID400377`) still name the number in the string.
+fn dialled_number(m: &Message) -> Option<String> {
+    let from_string = field(m, "DialString").and_then(|d| {
+        let d = d.split('@').next()?;
+        let d = d.rsplit('/').next()?;
+        let digits = d.strip_prefix('+').unwrap_or(d);
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| d.to_string())
+    });
+    from_string.or_else(|| text(m, "DestExten").filter(|e| known(e) && e != "s"))
 }

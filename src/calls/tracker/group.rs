@@ -1,7 +1,7 @@
 //! Grouping: channels proven to belong together (Dial pairs, Local halves, shared bridges,
 //! queue caller and member, transfers) are joined into one call, the older one surviving.
 
-use super::events::DEST;
+use super::channels::DEST;
 use super::*;
 
 impl Tracker {

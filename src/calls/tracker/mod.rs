@@ -6,8 +6,19 @@
 //! have hung up and a grace period has passed in stream time (late `AgentComplete` and `Cdr`
 //! events belong to it); it is then emitted exactly once.
 //!
-//! Time is the event's own `Timestamp:` when the PBX sends it, else the time the caller passes
-//! in (arrival time live). Replays of captures with timestamps are therefore deterministic.
+//! One clock, the PBX's: an event's own `Timestamp:` (or CEL `EventTime`); for an event
+//! without one, the estimate the caller passes to [`Tracker::feed`] (live: the stream clock's
+//! PBX time), else the last stream time. Never the host's raw clock (the two clocks differ, and
+//! a call would be evicted or dated wrongly) and never 0: events before a stream's first known
+//! time take that time once it comes. A stream with no clock at all (no `Timestamp`, no CEL)
+//! keeps its times unknown, and its calls say so (`unknown: ["started_at", …]`). `FullyBooted`,
+//! sent without a `Timestamp` on every login, never moves the clock. Replays of captures with
+//! timestamps are therefore deterministic.
+//!
+//! Continuity ([`resync`]): a dropped session or a restarted bridge is a gap; the login's
+//! `CoreShowChannels`/`QueueStatus` answers reconcile what happened in it, and the calls that
+//! lived through it record it (`gaps`). The live state ([`state`]) is saved and restored
+//! whole, so a restarted bridge carries its calls on.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -66,6 +77,7 @@ enum Unknown {
     AnsweredAt,
     EndedAt,
     Agent,
+    OutboundRoute,
 }
 
 impl Unknown {
@@ -75,6 +87,7 @@ impl Unknown {
             Unknown::AnsweredAt => "answered_at",
             Unknown::EndedAt => "ended_at",
             Unknown::Agent => "agent",
+            Unknown::OutboundRoute => "outbound_route",
         }
     }
 }
@@ -137,6 +150,13 @@ struct CallState {
     gaps: Vec<Gap>,
     /// The first caller id of the first channel, kept when the PBX later presents another.
     original_caller: Option<String>,
+    /// The first channel was rung by an `Originate` (click-to-dial).
+    originated: bool,
+    /// An originated call's agent: the caller id of the first device (non-Local channel) rung
+    /// before the Originate was answered (the agent's phone), not the CLI the dialplan sets.
+    originate_agent: Option<String>,
+    /// The originated first channel dialled on its own (a click-to-dial reaching its number).
+    first_dialled: bool,
     /// The answer time was put inside a gap by the resync; an `AgentComplete`'s `TalkTime`
     /// gives it exactly.
     answer_estimated: bool,
@@ -200,6 +220,7 @@ pub fn tracker_codec() -> crate::ami::AmiCodec {
 }
 
 mod build;
+mod channels;
 mod events;
 mod group;
 mod resync;
@@ -228,6 +249,11 @@ impl Tracker {
     /// Calls currently tracked (live, or waiting out their grace period).
     pub fn live_calls(&self) -> usize {
         self.calls.len()
+    }
+
+    /// The tracker's clock: PBX time of the latest event (or estimate) it was given.
+    pub fn now(&self) -> Micros {
+        self.now
     }
 
     /// The most calls tracked at once so far.
@@ -491,7 +517,12 @@ impl Tracker {
 
 fn is_origin_partner(c: &CallState, uid: &str) -> bool {
     // In Local-channel set-ups the first channel (;1) is a device and its ;2 partner (the
-    // next channel, same name base) runs the dialplan.
+    // next channel, same name base) runs the dialplan. Not for a click-to-dial once its ;1
+    // half dials: the ;2 half rang the agent's own phone, and the ;1 half, once the agent
+    // answered, dials the number; the agent's answer is not the call's.
+    if c.originated && c.first_dialled {
+        return false;
+    }
     match (c.channels.first(), c.channels.get(1)) {
         (Some(_), Some(second)) if second == uid => {
             let base = local_base(&c.first_name);

@@ -162,7 +162,7 @@ impl Tracker {
         new.sort_by_key(|l| (-l.age, l.uid != l.linkedid, uid_order(l.uid)));
         for l in &new {
             let start = Micros(to.0 - l.age * 1_000_000);
-            if let Some(k) = self.channel(l.msg, &events::PLAIN, start) {
+            if let Some(k) = self.channel(l.msg, &channels::PLAIN, start) {
                 let c = self.call_mut(k);
                 c.last_event = c.last_event.max(to);
                 if c.started_at > start {

@@ -413,7 +413,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 async fn warm_up() {
     let started = std::time::Instant::now();
     let _ = tokio::task::spawn_blocking(|| crate::phone::forms("+390612345678", None, 0)).await;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "phone metadata loaded");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "phone metadata loaded"
+    );
 }
 
 /// SIGTERM (systemd stop) or SIGINT (Ctrl-C).

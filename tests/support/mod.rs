@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod ami_server;
+pub mod live_pbx;
+pub mod pbx_model;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -278,11 +278,11 @@ impl Tracker {
                 let Some(dial) = field(m, "Channel") else {
                     return;
                 };
-                let base = dial_base(dial);
+                let base = interface_of(dial);
                 self.calls
                     .iter()
                     .filter(|(_, c)| c.originated && c.originate_status.is_none())
-                    .filter(|(_, c)| dial_base(&c.first_name) == base)
+                    .filter(|(_, c)| interface_of(&c.first_name) == base)
                     .max_by_key(|(k, c)| (c.started_at, **k))
                     .map(|(k, _)| *k)
             }
@@ -603,20 +603,6 @@ impl Tracker {
                 ch.hung_up.get_or_insert(ts);
             }
         }
-    }
-}
-
-/// `Local/2004@agents-0000002a;1` and the dial string `Local/2004@agents` → `Local/2004@agents`.
-fn dial_base(name: &str) -> &str {
-    let name = local_base(name).unwrap_or(name);
-    match name.rfind('-') {
-        Some(i)
-            if i > name.find('/').unwrap_or(0)
-                && name[i + 1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
-        {
-            &name[..i]
-        }
-        _ => name,
     }
 }
 

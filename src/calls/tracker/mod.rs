@@ -374,7 +374,13 @@ impl Tracker {
         match ev {
             SourceEvent::Message(m) => self.on_message(m, estimate, out),
             SourceEvent::Reconnected { .. } => self.on_reconnect(),
-            SourceEvent::Disconnected { .. } => self.on_disconnect(),
+            SourceEvent::Disconnected { .. } => {
+                // Live, the estimate is the PBX time of the drop: nothing was lost before it.
+                if estimate > self.now && self.gap_from.is_none() {
+                    self.gap_from = Some(estimate);
+                }
+                self.on_disconnect()
+            }
             SourceEvent::Resync { items } => {
                 if estimate > self.now {
                     self.now = estimate;
@@ -541,6 +547,25 @@ fn merge_opt<T>(into: &mut Option<T>, from: Option<T>) {
 /// `Local/x@y-0000001a;1` → `Local/x@y-0000001a`.
 fn local_base(name: &str) -> Option<&str> {
     name.strip_suffix(";1").or_else(|| name.strip_suffix(";2"))
+}
+
+/// The interface a channel was created on: `SIP/1014-0000001a` → `SIP/1014`,
+/// `Local/1014@agents-00000012;1` → `Local/1014@agents`; a queue member's location or a dial
+/// string `Local/1014@agents/n` → `Local/1014@agents`. (Asterisk appends `-` and a sequence
+/// number of at least 8 hex digits to the interface.)
+fn interface_of(name: &str) -> &str {
+    let name = local_base(name).unwrap_or(name);
+    let name = name.strip_suffix("/n").unwrap_or(name);
+    match name.rfind('-') {
+        Some(i)
+            if i > name.find('/').unwrap_or(0)
+                && name.len() - i > 8
+                && name[i + 1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            &name[..i]
+        }
+        _ => name,
+    }
 }
 
 /// `SIP/1002`, `PJSIP/1002`, `Local/1002@agents/n` → `1002`.

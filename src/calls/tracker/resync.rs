@@ -38,22 +38,6 @@ fn hms(v: &str) -> Option<i64> {
     Some(total)
 }
 
-/// `SIP/1014-0000001a`, `Local/1014@agents-00000012;1` → `SIP/1014`, `Local/1014@agents`;
-/// `Local/1014@agents/n` → `Local/1014@agents`: the interface a member leg was dialled on.
-fn interface_base(name: &str) -> &str {
-    let name = local_base(name).unwrap_or(name);
-    let name = name.strip_suffix("/n").unwrap_or(name);
-    match name.rfind('-') {
-        Some(i)
-            if i > name.find('/').unwrap_or(0)
-                && name[i + 1..].chars().all(|c| c.is_ascii_hexdigit()) =>
-        {
-            &name[..i]
-        }
-        _ => name,
-    }
-}
-
 /// The sequence number of a uniqueid (`1795985707.36` → (1795985707, 36)), to order channels
 /// created within the same second as Asterisk created them.
 fn uid_order(uid: &str) -> (i64, i64) {
@@ -120,7 +104,7 @@ impl Tracker {
                             .into_iter()
                             .flatten()
                         {
-                            members.insert(interface_base(loc), (q, n));
+                            members.insert(interface_of(loc), (q, n));
                         }
                     }
                 }
@@ -270,7 +254,7 @@ impl Tracker {
                 .filter(|l| l.up && l.bridged && l.application == "AppQueue")
                 .find_map(|l| {
                     let name = field(l.msg, "Channel")?;
-                    let base = interface_base(name);
+                    let base = interface_of(name);
                     members
                         .get(base)
                         .map(|(q, n)| (q.to_string(), n.to_string(), base.to_string()))
@@ -302,5 +286,151 @@ impl Tracker {
             }
         }
         self.moment(key, Moment::Answer, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(pairs: &[(&str, &str)]) -> Message {
+        Message::from_pairs(pairs)
+    }
+
+    fn newchannel(uid: &str, name: &str, linkedid: &str, ts: &str) -> Message {
+        msg(&[
+            ("Event", "Newchannel"),
+            ("Timestamp", ts),
+            ("Channel", name),
+            ("Uniqueid", uid),
+            ("Linkedid", linkedid),
+            ("Context", "from-internal"),
+            ("Exten", "1002"),
+            ("CallerIDNum", "1001"),
+        ])
+    }
+
+    fn listed(uid: &str, name: &str, linkedid: &str, duration: &str, bridge: &str) -> Message {
+        msg(&[
+            ("Event", "CoreShowChannel"),
+            ("ActionID", "r-1"),
+            ("Channel", name),
+            ("ChannelState", "6"),
+            ("ChannelStateDesc", "Up"),
+            ("CallerIDNum", "1001"),
+            ("Context", "from-internal"),
+            ("Exten", "1002"),
+            ("Uniqueid", uid),
+            ("Linkedid", linkedid),
+            ("Application", "Dial"),
+            ("Duration", duration),
+            ("BridgeId", bridge),
+        ])
+    }
+
+    fn complete() -> Message {
+        msg(&[
+            ("Event", "CoreShowChannelsComplete"),
+            ("ActionID", "r-1"),
+            ("ListItems", "0"),
+        ])
+    }
+
+    #[test]
+    fn durations_and_interfaces() {
+        assert_eq!(hms("00:00:07"), Some(7));
+        assert_eq!(hms("26:01:02"), Some(26 * 3600 + 62));
+        assert_eq!(hms("x"), None);
+        assert_eq!(
+            interface_of("Local/1014@agents-00000012;1"),
+            "Local/1014@agents"
+        );
+        assert_eq!(interface_of("Local/1014@agents/n"), "Local/1014@agents");
+        assert_eq!(interface_of("SIP/1014-0000001a"), "SIP/1014");
+        assert_eq!(interface_of("SIP/trunk-a-0000001a"), "SIP/trunk-a");
+        assert_eq!(interface_of("PJSIP/trunk-a"), "PJSIP/trunk-a");
+    }
+
+    /// A call whose channels vanished while the session was down ends in the middle of the
+    /// gap and is emitted at the resync, with the gap recorded; a call still listed goes on.
+    #[test]
+    fn unlisted_channels_ended_in_the_gap() {
+        let mut t = Tracker::new(CallsConfig::default());
+        let mut out = Vec::new();
+        t.on_message(
+            &newchannel("10.1", "SIP/1001-1", "10.1", "100.0"),
+            Micros(0),
+            &mut out,
+        );
+        t.on_message(
+            &newchannel("10.2", "SIP/1002-2", "10.1", "101.0"),
+            Micros(0),
+            &mut out,
+        );
+        t.on_message(
+            &newchannel("20.1", "SIP/1003-3", "20.1", "102.0"),
+            Micros(0),
+            &mut out,
+        );
+        t.on_disconnect();
+        // The new session's login: its first timestamped event is 110 s.
+        let auth = msg(&[("Event", "SuccessfulAuth"), ("Timestamp", "110.0")]);
+        t.on_message(&auth, Micros(0), &mut out);
+        t.reconcile(
+            &[
+                listed("20.1", "SIP/1003-3", "20.1", "00:00:08", ""),
+                complete(),
+            ],
+            &mut out,
+        );
+        let done: Vec<&Call> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Finished(c) => Some(&**c),
+                Output::Moment(..) => None,
+            })
+            .collect();
+        assert_eq!(done.len(), 1);
+        let c = done[0];
+        assert_eq!(c.linkedid.0, "10.1");
+        // Gap from 102 s (the last event heard) to 110 s: ended at 106 s.
+        assert_eq!(c.ended_at, Micros(106_000_000));
+        assert_eq!(
+            c.gaps,
+            vec![Gap {
+                from: Micros(102_000_000),
+                to: Micros(110_000_000)
+            }]
+        );
+        assert_eq!(t.live_calls(), 1);
+    }
+
+    /// A call never seen starts from the listing: start = now − Duration, answered when two of
+    /// its channels are up in one bridge (a first login: the answer time is not known).
+    #[test]
+    fn a_call_never_seen_starts_from_the_listing() {
+        let mut t = Tracker::new(CallsConfig::default());
+        let mut out = Vec::new();
+        let auth = msg(&[("Event", "SuccessfulAuth"), ("Timestamp", "200.0")]);
+        t.on_message(&auth, Micros(0), &mut out);
+        t.reconcile(
+            &[
+                listed("30.2", "SIP/1002-5", "30.1", "00:00:09", "b-1"),
+                listed("30.1", "SIP/1001-4", "30.1", "00:00:12", "b-1"),
+                complete(),
+            ],
+            &mut out,
+        );
+        t.finish(&mut out);
+        let Some(Output::Finished(c)) = out.iter().find(|o| matches!(o, Output::Finished(_)))
+        else {
+            panic!("no call: {out:?}");
+        };
+        assert_eq!(c.linkedid.0, "30.1");
+        assert_eq!(c.started_at, Micros(188_000_000));
+        assert_eq!(c.caller.as_deref(), Some("1001"));
+        assert_eq!(c.status, Status::Answered);
+        assert!(c.unknown.contains(&"answered_at"), "{:?}", c.unknown);
+        assert_eq!(c.channels[0].uniqueid, "30.1");
     }
 }

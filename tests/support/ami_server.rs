@@ -239,6 +239,10 @@ async fn serve(sock: TcpStream, cfg: ServerConfig, state: Arc<Mutex<ServerState>
             let _ = tx.send(Some(cfg.body[from..c].to_vec()));
             let _ = tx.send(None);
             let _ = writer.await;
+            // Keep reading what the client sends (its resync actions) until it closes: a socket
+            // closed with unread input is reset, and a reset throws away what the client has
+            // not read yet, which no PBX dropping a session would do to the bytes it sent.
+            while read_action(&mut reader).await.is_some() {}
             return;
         }
         None => {

@@ -523,6 +523,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             stop_http.clone(),
         )))
     };
+    warm_up().await;
     let mut sources = tokio::task::JoinSet::new();
     for (i, p) in cfg.pbx.iter().enumerate() {
         sources.spawn(ingest_pbx(
@@ -593,6 +594,18 @@ fn source_failure(
             })
         }
     }
+}
+
+/// Loads what the first finished call would otherwise load inside the event loop: the phone
+/// number metadata (libphonenumber's, parsed on first use: seconds in a debug build, and the
+/// calls ending meanwhile would be finalised that much late).
+async fn warm_up() {
+    let started = std::time::Instant::now();
+    let _ = tokio::task::spawn_blocking(|| crate::phone::forms("+390612345678", None, 0)).await;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "phone metadata loaded"
+    );
 }
 
 /// SIGTERM (systemd stop) or SIGINT (Ctrl-C).

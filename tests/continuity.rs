@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use ami_zoho_bridge::zoho::sim::{self, SimClient, SimHandle, SimLimits, BRIDGE_SCOPES};
 use serde_json::Value;
 use sqlx::Row;
-use support::ami_server::{capture_body, epoch_now, Gap, LiveConfig, LiveServer};
+use support::ami_server::capture_body;
+use support::live_pbx::{epoch_now, Gap, LiveConfig, LiveServer};
 
 const CLIENT_ID: &str = "1000.LABCLIENT";
 const CLIENT_SECRET: &str = "lab-client-secret";

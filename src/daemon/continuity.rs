@@ -259,3 +259,50 @@ pub fn count_resynced(pbx: &str, outputs: &[Output]) {
         metrics::counter!("azb_calls_resynced_total", "pbx" => pbx.to_string()).increment(n as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timestamp(ts: &str) -> Message {
+        Message::from_pairs(&[("Event", "Newchannel"), ("Timestamp", ts)])
+    }
+
+    /// A PBX 90 s ahead of this host: the estimate follows the PBX, not this host's clock.
+    #[test]
+    fn the_clock_is_the_pbxs_once_a_timestamp_is_seen() {
+        let mut clock = StreamClock::default();
+        assert!(!clock.is_known());
+        assert_eq!(
+            clock.now(),
+            Micros(0),
+            "no estimate before the PBX's time is known"
+        );
+        let pbx = now_micros() + 90_000_000;
+        clock.observe(&with_timestamp(&format!(
+            "{}.{:06}",
+            pbx / 1_000_000,
+            pbx % 1_000_000
+        )));
+        assert!(clock.is_known());
+        let ahead = clock.now().0 - now_micros();
+        assert!((89_000_000..=91_000_000).contains(&ahead), "{ahead}");
+        // A message without a Timestamp changes nothing; the offset survives a restart.
+        clock.observe(&Message::from_pairs(&[("Event", "FullyBooted")]));
+        let again = StreamClock::new(clock.offset());
+        let ahead = again.now().0 - now_micros();
+        assert!((89_000_000..=91_000_000).contains(&ahead), "{ahead}");
+    }
+
+    #[test]
+    fn a_saved_record_round_trips_through_json() {
+        let record = LiveRecord {
+            clock_offset: Some(-90_000_000),
+            tracker: LiveState::default(),
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        let back: LiveRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.clock_offset, Some(-90_000_000));
+        assert_eq!(back.tracker, record.tracker);
+    }
+}

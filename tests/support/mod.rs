@@ -4,6 +4,8 @@
 pub mod ami_server;
 pub mod originate_server;
 pub mod pbx;
+pub mod live_pbx;
+pub mod pbx_model;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -115,6 +115,10 @@ pub struct DeliveryConfig {
     pub poll_seconds: f64,
     /// This bridge's name in leases (default: host name and process id).
     pub instance: Option<String>,
+    /// How long a due row may wait for others to fill its insert to ten records (one Zoho
+    /// credit pays for ten): a busy PBX fills batches at once, a quiet one's calls wait at
+    /// most this long. 0 sends every due row at once.
+    pub linger_seconds: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -128,6 +132,7 @@ impl Default for DeliveryConfig {
             max_attempts: 0,
             poll_seconds: 1.0,
             instance: None,
+            linger_seconds: 2.0,
         }
     }
 }
@@ -199,8 +204,13 @@ pub struct AccountConfig {
     pub token_file: Option<PathBuf>,
     /// CRM API version in the path.
     pub api_version: String,
-    /// Requests in flight at once to this account.
+    /// Requests in flight at once to this account (Zoho's cap is 10 to 25 by edition; a
+    /// 429 lowers it for a while).
     pub max_in_flight: usize,
+    /// The org's daily API credits (Standard: 50 000 + 250 a user ...), for the warning.
+    pub daily_credits: Option<u64>,
+    /// Warn when the day's projected use passes this share of `daily_credits`.
+    pub credits_warn_share: f64,
     /// How long the e-mail → user map is trusted.
     pub users_cache_seconds: u64,
     /// How long a phone lookup result is trusted.
@@ -230,7 +240,9 @@ impl Default for AccountConfig {
             admin_email: None,
             token_file: None,
             api_version: "v8".into(),
-            max_in_flight: 5,
+            max_in_flight: 8,
+            daily_credits: None,
+            credits_warn_share: 0.8,
             users_cache_seconds: 900,
             phone_cache_seconds: 600,
             match_last_digits: 9,
@@ -422,7 +434,35 @@ impl Config {
                 .map_err(|e| format!("key {key}.{e}"))?;
         }
         crate::triggers::validate(&self.triggers, &self.zoho)?;
+        self.validate_credits()?;
         self.validate_runtime()
+    }
+
+    /// Batching and the Zoho budget: `delivery.linger_seconds`, and per account
+    /// `max_in_flight`, `daily_credits`, `credits_warn_share`.
+    fn validate_credits(&self) -> Result<(), String> {
+        let linger = self.delivery.linger_seconds;
+        if !(linger.is_finite() && (0.0..=300.0).contains(&linger)) {
+            return Err("key delivery.linger_seconds: between 0 and 300".into());
+        }
+        for (name, a) in &self.zoho.accounts {
+            let key = format!("zoho.accounts.{name}");
+            if a.max_in_flight == 0 || a.max_in_flight > 100 {
+                return Err(format!(
+                    "key {key}.max_in_flight: between 1 and 100 (Zoho allows 10 to 25 by edition)"
+                ));
+            }
+            if a.daily_credits == Some(0) {
+                return Err(format!("key {key}.daily_credits: must be positive"));
+            }
+            let share = a.credits_warn_share;
+            if !(share.is_finite() && share > 0.0 && share <= 1.0) {
+                return Err(format!(
+                    "key {key}.credits_warn_share: a share above 0 and at most 1"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_runtime(&self) -> Result<(), String> {

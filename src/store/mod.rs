@@ -9,9 +9,11 @@
 //! once and delivered once.
 
 mod interactions;
+mod due;
 mod migrate;
 mod outbox;
 
+pub use due::DueGroup;
 pub use interactions::{remote_number, Interaction, Search};
 pub use outbox::{Delivered, Leased, NewActivity, OutboxRow, OutboxState, OutboxStats};
 

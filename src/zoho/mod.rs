@@ -3,9 +3,11 @@
 
 pub mod activity;
 pub mod api;
+pub mod credits;
 pub mod oauth;
 pub mod phonebook;
 pub mod sim;
+pub mod throttle;
 
 use std::fmt;
 use std::str::FromStr;

@@ -244,7 +244,7 @@ pub(crate) async fn bench_deliver(
     bridge.store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "calls={calls} activities={} failed={} pending={} seconds={elapsed:.1} speed={speed} finalisation_to_request_ms_p50={:.2} p99={:.2} max={:.2} zoho_requests={requests} requests_per_activity={:.2} finalisation_to_stored_ms_p50={:.2} finalisation_to_stored_ms_p99={:.2} finalisation_to_stored_ms_max={:.2} credits={credits} credits_per_activity={:.3} insert_credits_per_activity={:.3} zoho_credits={} inserts={} mean_insert_records={:.2} throttled_429={throttled} sim_429_concurrency={} sim_max_in_flight={} zoho_latency_ms={} zoho_concurrency={} zoho_records={} duplicates={}",
+        "calls={calls} activities={} failed={} pending={} seconds={elapsed:.1} speed={speed} finalisation_to_request_ms_p50={:.2} p99={:.2} max={:.2} zoho_requests={requests} requests_per_activity={:.2} finalisation_to_stored_ms_p50={:.2} finalisation_to_stored_ms_p99={:.2} finalisation_to_stored_ms_max={:.2} credits={credits} credits_per_activity={:.3} insert_credits={insert_credits} insert_credits_per_activity={:.3} zoho_credits={} inserts={} mean_insert_records={:.2} throttled_429={throttled} sim_429_concurrency={} sim_max_in_flight={} zoho_latency_ms={} zoho_concurrency={} zoho_records={} duplicates={}",
         stats.delivered,
         stats.failed,
         stats.pending,

@@ -185,8 +185,8 @@ mod tests {
         assert_eq!(m.total(), 8);
         // A day and two minutes after the first spend, only the last one is left.
         assert_eq!(m.last_day(t0 + DAY_SECONDS + 120), 1);
-        m.spend(t0 + DAY_SECONDS + 3700, 1);
-        assert_eq!(m.last_day(t0 + DAY_SECONDS + 3700), 2);
+        m.spend(t0 + DAY_SECONDS + 3000, 1);
+        assert_eq!(m.last_day(t0 + DAY_SECONDS + 3000), 2);
         assert_eq!(m.total(), 9);
     }
 
@@ -212,6 +212,8 @@ mod tests {
         assert_eq!(w.projected, 7200.0);
         assert_eq!(w.budget, 10_000);
         assert!(m.check(3700).is_none(), "repeats at most once an hour");
+        // Another 300 by two hours: 600 over 7 200 s → 7 200 a day, still past the share.
+        m.spend(7200, 300);
         assert!(m.check(3600 + WARN_EVERY_SECONDS).is_some());
     }
 

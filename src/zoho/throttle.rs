@@ -139,9 +139,11 @@ mod tests {
         a.throttled();
         a.throttled();
         assert_eq!(a.limit(), 1, "never below one");
-        // From 1: one success brings it to 2, two more (a window of 2) to 3.
+        // From 1: one success brings it to 2; at 2, each success adds 1/window, so three
+        // more (2 → 2.5 → 2.9 → 3.24) reach 3.
         a.success();
         assert_eq!(a.limit(), 2);
+        a.success();
         a.success();
         assert_eq!(a.limit(), 2);
         a.success();

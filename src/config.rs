@@ -26,6 +26,41 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
     pub agi: AgiConfig,
+    /// `[recordings]`: the bridge serving call recordings to Zoho by signed links.
+    pub recordings: RecordingsConfig,
+}
+
+/// `[recordings]`: MixMonitor files served by the bridge under signed, expiring URLs, for
+/// `Voice_Recording__s` (when the configuration has no `recording_url` template).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// Where the bridge reads the recordings (e.g. a mount of the PBX's monitor directory).
+    /// Absent: the bridge serves none.
+    pub root: Option<PathBuf>,
+    /// The PBX's own directory in `MIXMONITOR_FILENAME` paths; what follows it is looked
+    /// up under `root`.
+    pub pbx_dir: String,
+    /// How Zoho reaches the bridge (`https://bridge.example.com`), TLS or a proxy in front.
+    pub public_url: String,
+    /// The key signing the links (inline for tests) or the variable holding it.
+    pub link_secret: Option<crate::secret::Secret>,
+    pub link_secret_env: Option<String>,
+    /// How long a link works (Zoho fetches the file later).
+    pub link_ttl_seconds: u64,
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig {
+            root: None,
+            pbx_dir: "/var/spool/asterisk/monitor".into(),
+            public_url: String::new(),
+            link_secret: None,
+            link_secret_env: Some("AZB_RECORDING_LINK_SECRET".into()),
+            link_ttl_seconds: 30 * 24 * 3600,
+        }
+    }
 }
 
 /// `[[pbx]]`: one Asterisk Manager Interface to read.
@@ -435,6 +470,7 @@ impl Config {
         }
         crate::triggers::validate(&self.triggers, &self.zoho)?;
         self.validate_credits()?;
+        self.validate_recordings()?;
         self.validate_runtime()
     }
 
@@ -461,6 +497,26 @@ impl Config {
                     "key {key}.credits_warn_share: a share above 0 and at most 1"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `[recordings]`: with a root, a public URL and a link secret are needed.
+    fn validate_recordings(&self) -> Result<(), String> {
+        let r = &self.recordings;
+        if r.root.is_none() {
+            return Ok(());
+        }
+        if !(r.public_url.starts_with("https://") || r.public_url.starts_with("http://")) {
+            return Err(
+                "key recordings.public_url: the http(s) URL Zoho reaches the bridge at".into(),
+            );
+        }
+        if r.link_ttl_seconds == 0 {
+            return Err("key recordings.link_ttl_seconds: must be positive".into());
+        }
+        if r.link_secret.as_ref().is_none_or(|s| s.is_empty()) && r.link_secret_env.is_none() {
+            return Err("key recordings.link_secret_env: a secret signs the links".into());
         }
         Ok(())
     }

@@ -197,7 +197,15 @@ pub fn router(cfg: &Config, store: Store, ops: Option<crate::ops::Ops>) -> Resul
         .route("/api/interactions", get(api_search))
         .route("/", get(page_search))
         .route("/login", post(login))
-        .with_state(app))
+        .with_state(app)
+        .merge(recordings_router(cfg)?))
+}
+
+/// `/recordings/...` when `[recordings]` has a root; an empty router otherwise.
+fn recordings_router(cfg: &Config) -> Result<Router, String> {
+    Ok(crate::recordings::Links::from_config(&cfg.recordings)?
+        .map(crate::recordings::router)
+        .unwrap_or_default())
 }
 
 /// Serves until `stop`.

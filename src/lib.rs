@@ -13,6 +13,7 @@ pub mod http;
 pub mod ops;
 pub mod phone;
 pub mod pipeline;
+pub mod recordings;
 pub mod secret;
 pub mod store;
 pub mod triggers;

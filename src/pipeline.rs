@@ -22,6 +22,7 @@ pub struct Pipeline {
     tz: jiff::tz::TimeZone,
     country: Option<phonenumber::country::Id>,
     cfg: Config,
+    links: Option<crate::recordings::Links>,
 }
 
 /// The Zoho module a record goes to.
@@ -57,6 +58,7 @@ impl Pipeline {
             tz,
             country: crate::phone::country(&cfg.calls.default_country),
             cfg: cfg.clone(),
+            links: crate::recordings::Links::from_config(&cfg.recordings)?,
         })
     }
 
@@ -90,6 +92,7 @@ impl Pipeline {
                         conf,
                         templates: t,
                         tz: &self.tz,
+                        links: self.links.as_ref(),
                     };
                     let mut payload = match kind {
                         RecordKind::Call => render_call(style, call, &trigger.name, None),

@@ -718,8 +718,9 @@ impl Tracker {
             && var.eq_ignore_ascii_case(self.cfg.agent_email_variable.trim_start_matches('_'));
         let is_queue_status = var == "QUEUESTATUS";
         let is_dial_status = var == "DIALSTATUS";
+        let is_recording = var == "MIXMONITOR_FILENAME";
         // VarSet is the most frequent event: decide from the name before any other work.
-        if !(is_route || is_email || is_queue_status || is_dial_status) {
+        if !(is_route || is_email || is_queue_status || is_dial_status || is_recording) {
             return;
         }
         let Some(key) = self.channel(m, &PLAIN, ts) else {
@@ -736,6 +737,11 @@ impl Tracker {
             c.agent_email = Some(value);
         } else if is_queue_status {
             c.queue_status = Some(value);
+        } else if is_recording {
+            // The first recording of the call is its recording (a transfer may start another).
+            c.tags
+                .entry(crate::recordings::RECORDING_TAG.to_string())
+                .or_insert(value);
         } else if origin {
             c.origin_dial_status = Some(value);
         }

@@ -127,6 +127,8 @@ pub struct Renderer<'a> {
     pub conf: &'a ActivityConfig,
     pub templates: &'a Templates,
     pub tz: &'a jiff::tz::TimeZone,
+    /// Signed links to recordings the bridge serves (`[recordings]`), when configured.
+    pub links: Option<&'a crate::recordings::Links>,
 }
 
 /// The template variables and a record holding the rendered subject (Zoho's 255-char cap).
@@ -157,6 +159,7 @@ pub fn render_call(
         conf,
         templates,
         tz,
+        links,
     } = r;
     let (ctx, mut r) = begin(templates, call, trigger, tz, SUBJECT)?;
     let call_type = CallType::of(call);
@@ -192,11 +195,18 @@ pub fn render_call(
     if let Some(n) = &call.callee {
         r.insert("Dialled_Number".into(), json!(n));
     }
-    if conf.recording_url.is_some() {
-        let url = templates.render(RECORDING, &ctx)?;
-        if !url.trim().is_empty() {
-            r.insert("Voice_Recording__s".into(), json!(url));
+    // The configured template (which sees `tags.recording`), else the bridge's own signed
+    // link to the call's MixMonitor file; a call without a recording gets no field.
+    let recorded = call.tags.get(crate::recordings::RECORDING_TAG);
+    let url = match (&conf.recording_url, links, recorded) {
+        (Some(_), _, _) => Some(templates.render(RECORDING, &ctx)?),
+        (None, Some(l), Some(file)) => {
+            l.url(file, jiff::Timestamp::now().as_second().max(0) as u64)
         }
+        _ => None,
+    };
+    if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
+        r.insert("Voice_Recording__s".into(), json!(url));
     }
     for (name, value) in &conf.fields {
         let v = if templates.fields.contains(name) {
@@ -223,6 +233,7 @@ pub fn render_task(
         conf,
         templates,
         tz,
+        links: _,
     } = r;
     let (ctx, mut r) = begin(templates, call, trigger, tz, TASK_SUBJECT)?;
     let due_secs = call.ended_at.0.div_euclid(1_000_000) + i64::from(conf.task_due_days) * 86_400;

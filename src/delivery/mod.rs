@@ -120,6 +120,19 @@ impl Delivery {
     /// Starts the workers; they stop leasing when `stop` is cancelled and end after the
     /// deliveries in flight.
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        // The phone indexes are refreshed here, off the delivery path.
+        for api in self.apis.values() {
+            let (api, stop) = (api.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    api.keep_index().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            });
+        }
         (0..self.cfg.workers)
             .map(|i| {
                 let me = self.clone();

@@ -7,7 +7,9 @@ use std::time::Instant;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{BuiltIndex, IndexSettings, Module, PhoneMatch, ZohoApi, ZohoError, INDEX_RETRY};
+use super::{
+    BuiltIndex, IndexSettings, IndexState, Module, PhoneMatch, ZohoApi, ZohoError, INDEX_RETRY,
+};
 use crate::zoho::phonebook::{phone_fields, PhoneBook};
 
 impl ZohoApi {
@@ -18,7 +20,10 @@ impl ZohoApi {
         if state.failed_at.is_some_and(|t| t.elapsed() < INDEX_RETRY) {
             return None;
         }
+        let kept = self.index_kept.load(std::sync::atomic::Ordering::Relaxed);
         let read = match &mut state.built {
+            // The keeper task refreshes it off this path.
+            Some(_) if kept => Ok(()),
             Some(b) if b.built.elapsed() < settings.rebuild => {
                 if b.refreshed.elapsed() < settings.refresh {
                     Ok(())
@@ -41,11 +46,85 @@ impl ZohoApi {
         }
     }
 
+    /// Keeps the index fresh off the lookup path (the delivery's keeper task calls this every
+    /// few seconds): a refresh or rebuild is read without holding the index, then applied, so
+    /// a call being delivered never waits for Zoho's pages. The first build stays with the
+    /// first lookup.
+    pub async fn keep_index(&self) {
+        let Some(settings) = self.index else {
+            return;
+        };
+        self.index_kept
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let since = {
+            let state = self.book.lock().await;
+            if state.failed_at.is_some_and(|t| t.elapsed() < INDEX_RETRY) {
+                return;
+            }
+            match &state.built {
+                None => return,
+                Some(b) if b.built.elapsed() >= settings.rebuild => None,
+                Some(b) if b.refreshed.elapsed() >= settings.refresh => Some(b.since),
+                Some(_) => return,
+            }
+        };
+        match since {
+            None => {
+                let fresh = self.build_index().await;
+                let mut state = self.book.lock().await;
+                match fresh {
+                    Ok(fresh) => {
+                        state.built = Some(fresh);
+                        state.failed_at = None;
+                    }
+                    Err(e) => Self::index_failed(&mut state, &e),
+                }
+            }
+            Some(since) => {
+                let started = jiff::Timestamp::now();
+                // A minute of overlap: records saved while the last read ran are read again.
+                let from = since - jiff::SignedDuration::from_secs(60);
+                let mut changed: Vec<(Module, Value)> = Vec::new();
+                let mut read = Ok(());
+                for module in [Module::Contacts, Module::Leads] {
+                    read = self
+                        .read_people(module, Some(from), &mut |r| {
+                            changed.push((module, r.clone()))
+                        })
+                        .await;
+                    if read.is_err() {
+                        break;
+                    }
+                }
+                let mut state = self.book.lock().await;
+                match read {
+                    Ok(()) => {
+                        if let Some(b) = state.built.as_mut() {
+                            for (module, r) in &changed {
+                                b.book.upsert(*module, r);
+                            }
+                            b.since = started;
+                            b.refreshed = Instant::now();
+                        }
+                        state.failed_at = None;
+                    }
+                    Err(e) => Self::index_failed(&mut state, &e),
+                }
+            }
+        }
+    }
+
+    fn index_failed(state: &mut IndexState, e: &ZohoError) {
+        tracing::warn!(error = %e, "cannot refresh the phone index: trying again later");
+        state.failed_at = Some(Instant::now());
+    }
+
     pub(super) async fn build_index(&self) -> Result<BuiltIndex, ZohoError> {
         let since = jiff::Timestamp::now();
         let mut book = PhoneBook::new(self.country, self.last_digits);
         for module in [Module::Contacts, Module::Leads] {
-            self.read_people(module, None, &mut book).await?;
+            self.read_people(module, None, &mut |r| book.upsert(module, r))
+                .await?;
         }
         tracing::info!(
             records = book.len(),
@@ -64,7 +143,9 @@ impl ZohoApi {
         // A minute of overlap: records saved while the last read ran are read again.
         let from = b.since - jiff::SignedDuration::from_secs(60);
         for module in [Module::Contacts, Module::Leads] {
-            self.read_people(module, Some(from), &mut b.book).await?;
+            let book = &mut b.book;
+            self.read_people(module, Some(from), &mut |r| book.upsert(module, r))
+                .await?;
         }
         b.since = since;
         b.refreshed = Instant::now();
@@ -77,7 +158,7 @@ impl ZohoApi {
         &self,
         module: Module,
         since: Option<jiff::Timestamp>,
-        book: &mut PhoneBook,
+        sink: &mut (dyn FnMut(&Value) + Send),
     ) -> Result<(), ZohoError> {
         let mut fields = vec!["Full_Name", "Last_Name", "Owner", "Modified_Time"];
         fields.extend_from_slice(phone_fields(module));
@@ -120,7 +201,7 @@ impl ZohoApi {
                 .into_iter()
                 .flatten()
             {
-                book.upsert(module, r);
+                sink(r);
             }
             let info = body.get("info");
             let more = info

@@ -133,6 +133,8 @@ pub struct ZohoApi {
     /// `Some` when the phone index is on.
     index: Option<IndexSettings>,
     book: Mutex<IndexState>,
+    /// A keeper task refreshes the index ([`ZohoApi::keep_index`]): lookups never wait for it.
+    index_kept: std::sync::atomic::AtomicBool,
     requests: std::sync::atomic::AtomicU64,
 }
 
@@ -175,6 +177,7 @@ impl ZohoApi {
                 rebuild: Duration::from_secs(cfg.phone_index_rebuild_seconds),
             }),
             book: Mutex::new(IndexState::default()),
+            index_kept: std::sync::atomic::AtomicBool::new(false),
             requests: std::sync::atomic::AtomicU64::new(0),
         }
     }

@@ -250,17 +250,9 @@ async fn serve(
     resp
 }
 
-async fn answer(
-    links: &Links,
-    path: &str,
-    q: &LinkQuery,
-    range: Option<&str>,
-) -> (Response, u64) {
+async fn answer(links: &Links, path: &str, q: &LinkQuery, range: Option<&str>) -> (Response, u64) {
     let Some(rel) = clean_relative(path) else {
-        return (
-            status(StatusCode::BAD_REQUEST, "not a recording path\n"),
-            0,
-        );
+        return (status(StatusCode::BAD_REQUEST, "not a recording path\n"), 0);
     };
     let (Some(exp), Some(sig)) = (q.exp, q.sig.as_deref()) else {
         return (status(StatusCode::FORBIDDEN, "unsigned link\n"), 0);
@@ -277,13 +269,19 @@ async fn answer(
         tokio::fs::canonicalize(&links.root).await,
         tokio::fs::canonicalize(&full).await,
     ) else {
-        return (status(StatusCode::NOT_FOUND, "no such recording (yet)\n"), 0);
+        return (
+            status(StatusCode::NOT_FOUND, "no such recording (yet)\n"),
+            0,
+        );
     };
     if !real.starts_with(&root) {
         return (status(StatusCode::FORBIDDEN, "outside the recordings\n"), 0);
     }
     let Ok(mut file) = tokio::fs::File::open(&real).await else {
-        return (status(StatusCode::NOT_FOUND, "no such recording (yet)\n"), 0);
+        return (
+            status(StatusCode::NOT_FOUND, "no such recording (yet)\n"),
+            0,
+        );
     };
     let len = match file.metadata().await {
         Ok(m) if m.is_file() => m.len(),
@@ -353,7 +351,15 @@ mod tests {
     #[test]
     fn only_plain_relative_paths() {
         assert_eq!(clean_relative("a/b.wav"), Some(PathBuf::from("a/b.wav")));
-        for bad in ["", "/etc/passwd", "../x.wav", "a/../../x", "a//b", "./a", "a\\b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.wav",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
             assert_eq!(clean_relative(bad), None, "{bad}");
         }
     }
@@ -373,8 +379,14 @@ mod tests {
         assert!(q.starts_with("exp=4600&"), "{q}");
         assert!(l.verify("1795465627.34.wav", 4600, sig, 1000));
         assert!(!l.verify("1795465627.34.wav", 4600, sig, 4601), "expired");
-        assert!(!l.verify("1795465627.35.wav", 4600, sig, 1000), "other file");
-        assert!(!l.verify("1795465627.34.wav", 4601, sig, 1000), "other expiry");
+        assert!(
+            !l.verify("1795465627.35.wav", 4600, sig, 1000),
+            "other file"
+        );
+        assert!(
+            !l.verify("1795465627.34.wav", 4601, sig, 1000),
+            "other expiry"
+        );
         // A path outside both directories keeps only a plain relative name.
         assert_eq!(l.relative("/etc/passwd"), None);
         assert_eq!(l.relative("day/x.wav"), Some(PathBuf::from("day/x.wav")));

@@ -119,7 +119,10 @@ fn inserts_carry_ten_records_and_credits_are_counted_as_zoho_counts_them() {
     assert_eq!(num(&m, "credits"), num(&m, "zoho_credits"), "{m:?}");
     assert!(num(&m, "credits") > num(&m, "insert_credits"), "{m:?}");
     assert_eq!(num(&m, "throttled_429"), 0, "{m:?}");
-    assert!(num(&m, "sim_max_in_flight") <= 8, "max_in_flight default: {m:?}");
+    assert!(
+        num(&m, "sim_max_in_flight") <= 8,
+        "max_in_flight default: {m:?}"
+    );
 }
 
 #[test]

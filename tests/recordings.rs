@@ -120,7 +120,9 @@ async fn every_recorded_call_links_its_file_and_the_link_serves_it() {
             // 404 until MixMonitor has written the file.
             let r = http.get(url).send().await.expect("get");
             assert_eq!(r.status().as_u16(), 404, "{url}");
-            let rel = file.strip_prefix(&format!("{PBX_DIR}/")).expect("under the monitor dir");
+            let rel = file
+                .strip_prefix(&format!("{PBX_DIR}/"))
+                .expect("under the monitor dir");
             let body: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
             std::fs::write(root.join(rel), &body).expect("write recording");
             let r = http.get(url).send().await.expect("get");
@@ -154,10 +156,21 @@ async fn every_recorded_call_links_its_file_and_the_link_serves_it() {
             let mut altered: Vec<char> = sig.chars().collect();
             altered[0] = if altered[0] == 'A' { 'B' } else { 'A' };
             let bad = format!("{head}sig={}", altered.iter().collect::<String>());
-            assert_eq!(http.get(&bad).send().await.expect("get").status().as_u16(), 403);
+            assert_eq!(
+                http.get(&bad).send().await.expect("get").status().as_u16(),
+                403
+            );
             // Another file with this file's signature: refused.
             let other = url.replacen(".wav?", "x.wav?", 1);
-            assert_eq!(http.get(&other).send().await.expect("get").status().as_u16(), 403);
+            assert_eq!(
+                http.get(&other)
+                    .send()
+                    .await
+                    .expect("get")
+                    .status()
+                    .as_u16(),
+                403
+            );
             checked += 1;
         }
     }
@@ -179,7 +192,10 @@ async fn expired_links_dot_dot_and_absolute_paths_are_refused() {
     // A link made two hours ago with a one-hour life.
     let now = jiff::Timestamp::now().as_second() as u64;
     let old = links.url("a.mp3", now - 7200).expect("url");
-    assert_eq!(http.get(&old).send().await.expect("get").status().as_u16(), 403);
+    assert_eq!(
+        http.get(&old).send().await.expect("get").status().as_u16(),
+        403
+    );
     let fresh = links.url("a.mp3", now).expect("url");
     let r = http.get(&fresh).send().await.expect("get");
     assert_eq!(r.status().as_u16(), 200);
@@ -189,7 +205,12 @@ async fn expired_links_dot_dot_and_absolute_paths_are_refused() {
     assert_eq!(links.url("/etc/passwd", now), None);
     // ... and the route refuses them even with a signature that would match.
     let q = fresh.split_once('?').expect("query").1;
-    for path in ["/recordings/../secret.txt", "/recordings/%2E%2E/secret.txt", "/recordings//etc/passwd", "/recordings/%2Fetc%2Fpasswd"] {
+    for path in [
+        "/recordings/../secret.txt",
+        "/recordings/%2E%2E/secret.txt",
+        "/recordings//etc/passwd",
+        "/recordings/%2Fetc%2Fpasswd",
+    ] {
         let r = http
             .get(format!("{base}{path}?{q}"))
             .send()
@@ -205,6 +226,9 @@ async fn expired_links_dot_dot_and_absolute_paths_are_refused() {
         std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link.wav"))
             .expect("symlink");
         let u = links.url("link.wav", now).expect("url");
-        assert_eq!(http.get(&u).send().await.expect("get").status().as_u16(), 403);
+        assert_eq!(
+            http.get(&u).send().await.expect("get").status().as_u16(),
+            403
+        );
     }
 }

@@ -76,11 +76,23 @@ mod tests {
 
     #[test]
     fn ten_or_more_go_at_once_in_tens() {
-        assert_eq!(plan(&[g(10, 10 * S)], 10 * S, 2 * S, 50).take, Some((0, 10)));
-        assert_eq!(plan(&[g(27, 10 * S)], 10 * S, 2 * S, 50).take, Some((0, 20)));
+        assert_eq!(
+            plan(&[g(10, 10 * S)], 10 * S, 2 * S, 50).take,
+            Some((0, 10))
+        );
+        assert_eq!(
+            plan(&[g(27, 10 * S)], 10 * S, 2 * S, 50).take,
+            Some((0, 20))
+        );
         // The lease limit caps it, still in tens.
-        assert_eq!(plan(&[g(95, 10 * S)], 10 * S, 2 * S, 50).take, Some((0, 50)));
-        assert_eq!(plan(&[g(95, 10 * S)], 10 * S, 2 * S, 45).take, Some((0, 40)));
+        assert_eq!(
+            plan(&[g(95, 10 * S)], 10 * S, 2 * S, 50).take,
+            Some((0, 50))
+        );
+        assert_eq!(
+            plan(&[g(95, 10 * S)], 10 * S, 2 * S, 45).take,
+            Some((0, 40))
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! both carry unique keys, so a call seen twice (a restart, two bridges on one PBX) is stored
 //! once and delivered once.
 
-mod interactions;
 mod due;
+mod interactions;
 mod migrate;
 mod outbox;
 

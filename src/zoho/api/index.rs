@@ -15,7 +15,11 @@ use crate::zoho::phonebook::{phone_fields, PhoneBook};
 impl ZohoApi {
     /// A lookup in the phone index, reading or refreshing it first when due. `None` when the
     /// index cannot be read (the caller searches Zoho instead).
-    pub(super) async fn indexed(&self, settings: IndexSettings, number: &str) -> Option<Option<PhoneMatch>> {
+    pub(super) async fn indexed(
+        &self,
+        settings: IndexSettings,
+        number: &str,
+    ) -> Option<Option<PhoneMatch>> {
         let mut state = self.book.lock().await;
         if state.failed_at.is_some_and(|t| t.elapsed() < INDEX_RETRY) {
             return None;
@@ -218,5 +222,4 @@ impl ZohoApi {
             page += 1;
         }
     }
-
 }

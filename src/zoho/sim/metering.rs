@@ -83,7 +83,9 @@ pub(super) async fn meter(State(inner): State<Shared>, req: Request, next: Next)
             .and_then(|v| v.get("data").and_then(Value::as_array).map(Vec::len))
             .unwrap_or(0)
     });
-    let mut response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let mut response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     let status = response.status();
     // Turned away before the API ran (token, throttle): no credit.
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS {

@@ -156,3 +156,97 @@ fn a_429_from_the_cap_slows_the_bridge_down_and_nothing_is_lost_or_doubled() {
     // A 429 costs no credit: the two counts still agree.
     assert_eq!(num(&m, "credits"), num(&m, "zoho_credits"), "{m:?}");
 }
+
+/// The client against the simulator in-process: reads cost one credit, inserts one per ten
+/// records, Zoho's remaining-credits header is read, and an exhausted budget is a 429.
+#[tokio::test]
+async fn the_client_counts_credits_and_reads_zoho_s_remaining_header() {
+    use ami_zoho_bridge::config::AccountConfig;
+    use ami_zoho_bridge::secret::Secret;
+    use ami_zoho_bridge::zoho::api::ZohoApi;
+    use ami_zoho_bridge::zoho::oauth::OAuth;
+    use ami_zoho_bridge::zoho::sim::{self, SimClient, SimHandle, SimLimits, BRIDGE_SCOPES};
+    use ami_zoho_bridge::zoho::ZohoError;
+    use serde_json::{json, Map, Value};
+    use std::sync::Arc;
+
+    let mut seed = sim::demo_seed();
+    seed.clients.push(SimClient {
+        client_id: "1000.CREDITS".into(),
+        client_secret: "credits-secret".into(),
+    });
+    // A budget of 10 credits; Zoho's header once half is spent.
+    let limits = SimLimits {
+        daily_credits: Some(10),
+        ..SimLimits::default()
+    };
+    let sim = SimHandle::start("127.0.0.1:0".parse().unwrap(), seed, limits)
+        .await
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = AccountConfig {
+        accounts_url: Some(sim.url("eu")),
+        api_domain: Some(sim.url("eu")),
+        client_id: "1000.CREDITS".into(),
+        client_secret: Some(Secret::new("credits-secret")),
+        admin_email: Some("admin@example.com".into()),
+        token_file: Some(dir.path().join("tokens.json")),
+        timeout_seconds: 5.0,
+        phone_index: false,
+        ..AccountConfig::default()
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let oauth = Arc::new(OAuth::new("main", &acc, http.clone()).expect("oauth"));
+    oauth
+        .exchange_code(&sim.grant_code("1000.CREDITS", "eu", BRIDGE_SCOPES, None))
+        .await
+        .expect("grant");
+    let api = ZohoApi::new(oauth, &acc, "IT", http);
+    // One read: the user list (1 credit).
+    api.admin().await.expect("admin");
+    assert_eq!(api.credits_spent(), 1);
+    assert_eq!(
+        api.credits_remaining(),
+        None,
+        "no header before half is spent"
+    );
+    // 23 records in one insert: ⌈23/10⌉ = 3 credits.
+    let record = |i: usize| -> Map<String, Value> {
+        let v = json!({
+            "Subject": format!("credit test {i}"),
+            "Call_Type": "Inbound",
+            "Call_Start_Time": "2026-11-23T21:32:02+01:00",
+            "Call_Duration": "01:00",
+        });
+        v.as_object().expect("object").clone()
+    };
+    let records: Vec<_> = (0..23).map(record).collect();
+    let out = api.insert("Calls", &records, None).await.expect("insert");
+    assert_eq!(out.len(), 23);
+    assert_eq!(api.credits_spent(), 4);
+    assert_eq!(sim.stats().credits, 4);
+    // Two more records → 5 of 10 spent: Zoho now says 5 remain.
+    api.insert("Calls", &records[..2], None)
+        .await
+        .expect("insert");
+    assert_eq!(api.credits_spent(), 5);
+    assert_eq!(api.credits_remaining(), Some(5));
+    let five_more: Vec<_> = (0..5).map(|_| records[..1].to_vec()).collect();
+    for r in &five_more {
+        api.insert("Calls", r, None).await.expect("insert");
+    }
+    assert_eq!(api.credits_remaining(), Some(0));
+    // The budget is gone: 429, which costs nothing and counts as throttled.
+    let e = api
+        .insert("Calls", &records[..1], None)
+        .await
+        .expect_err("no credits left");
+    assert!(matches!(e, ZohoError::Throttled { .. }), "{e:?}");
+    assert_eq!(api.throttled_seen(), 1);
+    assert_eq!(api.credits_spent(), 10);
+    assert_eq!(sim.stats().throttled_credits, 1);
+    assert_eq!(api.in_flight_limit(), 4, "the 429 halved the window of 8");
+}

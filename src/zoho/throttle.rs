@@ -9,6 +9,7 @@
 //! the smallest paid edition's, so one bridge alone never meets it.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -17,7 +18,13 @@ use tokio::sync::Notify;
 pub struct Aimd {
     max: usize,
     window: f64,
+    /// When the last 429 came: the window does not grow again for [`COOL_DOWN`] after it,
+    /// or at a cap of one it would go back to two at the first success and meet the cap again.
+    throttled_at: Option<Instant>,
 }
+
+/// How long after a 429 the window stays where it was cut to.
+pub const COOL_DOWN: Duration = Duration::from_secs(5);
 
 impl Aimd {
     pub fn new(max: usize) -> Aimd {
@@ -25,6 +32,7 @@ impl Aimd {
         Aimd {
             max,
             window: max as f64,
+            throttled_at: None,
         }
     }
 
@@ -33,14 +41,22 @@ impl Aimd {
         (self.window.floor() as usize).clamp(1, self.max)
     }
 
-    /// An answer that was not a 429: one more request per window of successes.
-    pub fn success(&mut self) {
+    /// An answer that was not a 429 at `now`: one more request per window of successes,
+    /// once the cool-down after the last 429 is over.
+    pub fn success(&mut self, now: Instant) {
+        if self
+            .throttled_at
+            .is_some_and(|t| now.saturating_duration_since(t) < COOL_DOWN)
+        {
+            return;
+        }
         self.window = (self.window + 1.0 / self.window).min(self.max as f64);
     }
 
-    /// A 429: half as many.
-    pub fn throttled(&mut self) {
+    /// A 429 at `now`: half as many.
+    pub fn throttled(&mut self, now: Instant) {
         self.window = (self.window / 2.0).max(1.0);
+        self.throttled_at = Some(now);
     }
 }
 
@@ -98,13 +114,13 @@ impl InFlight {
     pub fn answered(&self, throttled: bool) {
         let mut s = self.lock();
         if throttled {
-            s.aimd.throttled();
+            s.aimd.throttled(Instant::now());
             tracing::warn!(
                 limit = s.aimd.limit(),
                 "Zoho answered 429: fewer requests in flight for a while"
             );
         } else {
-            s.aimd.success();
+            s.aimd.success(Instant::now());
         }
         metrics::gauge!("azb_zoho_in_flight_limit").set(s.aimd.limit() as f64);
     }
@@ -131,25 +147,30 @@ mod tests {
 
     #[test]
     fn halves_on_429_and_grows_back_by_one_per_window() {
+        let t0 = Instant::now();
         let mut a = Aimd::new(8);
         assert_eq!(a.limit(), 8);
-        a.throttled();
+        a.throttled(t0);
         assert_eq!(a.limit(), 4);
-        a.throttled();
-        a.throttled();
-        a.throttled();
+        a.throttled(t0);
+        a.throttled(t0);
+        a.throttled(t0);
         assert_eq!(a.limit(), 1, "never below one");
-        // From 1: one success brings it to 2; at 2, each success adds 1/window, so three
-        // more (2 → 2.5 → 2.9 → 3.24) reach 3.
-        a.success();
+        // Within the cool-down successes do not widen it.
+        a.success(t0 + Duration::from_secs(1));
+        assert_eq!(a.limit(), 1);
+        let later = t0 + COOL_DOWN;
+        // Then from 1: one success brings it to 2; at 2, each success adds 1/window, so
+        // three more (2 → 2.5 → 2.9 → 3.24) reach 3.
+        a.success(later);
         assert_eq!(a.limit(), 2);
-        a.success();
-        a.success();
+        a.success(later);
+        a.success(later);
         assert_eq!(a.limit(), 2);
-        a.success();
+        a.success(later);
         assert_eq!(a.limit(), 3);
         for _ in 0..1000 {
-            a.success();
+            a.success(later);
         }
         assert_eq!(a.limit(), 8, "never above the configured cap");
     }

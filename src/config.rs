@@ -32,6 +32,41 @@ pub struct Config {
     pub click_to_dial: crate::dial::config::ClickToDialConfig,
     /// `[agent_page]`: the bridge's own agent screen (see `notify::config`).
     pub agent_page: Option<crate::notify::config::AgentPageConfig>,
+    /// `[recordings]`: the bridge serving call recordings to Zoho by signed links.
+    pub recordings: RecordingsConfig,
+}
+
+/// `[recordings]`: MixMonitor files served by the bridge under signed, expiring URLs, for
+/// `Voice_Recording__s` (when the configuration has no `recording_url` template).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// Where the bridge reads the recordings (e.g. a mount of the PBX's monitor directory).
+    /// Absent: the bridge serves none.
+    pub root: Option<PathBuf>,
+    /// The PBX's own directory in `MIXMONITOR_FILENAME` paths; what follows it is looked
+    /// up under `root`.
+    pub pbx_dir: String,
+    /// How Zoho reaches the bridge (`https://bridge.example.com`), TLS or a proxy in front.
+    pub public_url: String,
+    /// The key signing the links (inline for tests) or the variable holding it.
+    pub link_secret: Option<crate::secret::Secret>,
+    pub link_secret_env: Option<String>,
+    /// How long a link works (Zoho fetches the file later).
+    pub link_ttl_seconds: u64,
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig {
+            root: None,
+            pbx_dir: "/var/spool/asterisk/monitor".into(),
+            public_url: String::new(),
+            link_secret: None,
+            link_secret_env: Some("AZB_RECORDING_LINK_SECRET".into()),
+            link_ttl_seconds: 30 * 24 * 3600,
+        }
+    }
 }
 
 /// `[[pbx]]`: one Asterisk Manager Interface to read.
@@ -184,6 +219,10 @@ pub struct DeliveryConfig {
     pub poll_seconds: f64,
     /// This bridge's name in leases (default: host name and process id).
     pub instance: Option<String>,
+    /// How long a due row may wait for others to fill its insert to ten records (one Zoho
+    /// credit pays for ten): a busy PBX fills batches at once, a quiet one's calls wait at
+    /// most this long. 0 sends every due row at once.
+    pub linger_seconds: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -197,6 +236,7 @@ impl Default for DeliveryConfig {
             max_attempts: 0,
             poll_seconds: 1.0,
             instance: None,
+            linger_seconds: 2.0,
         }
     }
 }
@@ -294,8 +334,13 @@ pub struct AccountConfig {
     pub token_file: Option<PathBuf>,
     /// CRM API version in the path.
     pub api_version: String,
-    /// Requests in flight at once to this account.
+    /// Requests in flight at once to this account (Zoho's cap is 10 to 25 by edition; a
+    /// 429 lowers it for a while).
     pub max_in_flight: usize,
+    /// The org's daily API credits (Standard: 50 000 + 250 a user ...), for the warning.
+    pub daily_credits: Option<u64>,
+    /// Warn when the day's projected use passes this share of `daily_credits`.
+    pub credits_warn_share: f64,
     /// How long the e-mail → user map is trusted.
     pub users_cache_seconds: u64,
     /// How long a phone lookup result is trusted.
@@ -325,7 +370,9 @@ impl Default for AccountConfig {
             admin_email: None,
             token_file: None,
             api_version: "v8".into(),
-            max_in_flight: 5,
+            max_in_flight: 8,
+            daily_credits: None,
+            credits_warn_share: 0.8,
             users_cache_seconds: 900,
             phone_cache_seconds: 600,
             match_last_digits: 9,
@@ -642,8 +689,61 @@ impl Config {
         if let Err(e) = crate::notify::config::validate(self) {
             p.add_raw(e.trim_start_matches("key ").to_string());
         }
+        for e in [self.validate_credits(), self.validate_recordings()]
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            p.add_raw(e.trim_start_matches("key ").to_string());
+        }
         self.runtime_problems(&mut p);
         p.0
+    }
+
+    /// Batching and the Zoho budget: `delivery.linger_seconds`, and per account
+    /// `max_in_flight`, `daily_credits`, `credits_warn_share`.
+    fn validate_credits(&self) -> Result<(), String> {
+        let linger = self.delivery.linger_seconds;
+        if !(linger.is_finite() && (0.0..=300.0).contains(&linger)) {
+            return Err("key delivery.linger_seconds: between 0 and 300".into());
+        }
+        for (name, a) in &self.zoho.accounts {
+            let key = format!("zoho.accounts.{name}");
+            if a.max_in_flight == 0 || a.max_in_flight > 100 {
+                return Err(format!(
+                    "key {key}.max_in_flight: between 1 and 100 (Zoho allows 10 to 25 by edition)"
+                ));
+            }
+            if a.daily_credits == Some(0) {
+                return Err(format!("key {key}.daily_credits: must be positive"));
+            }
+            let share = a.credits_warn_share;
+            if !(share.is_finite() && share > 0.0 && share <= 1.0) {
+                return Err(format!(
+                    "key {key}.credits_warn_share: a share above 0 and at most 1"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[recordings]`: with a root, a public URL and a link secret are needed.
+    fn validate_recordings(&self) -> Result<(), String> {
+        let r = &self.recordings;
+        if r.root.is_none() {
+            return Ok(());
+        }
+        if !(r.public_url.starts_with("https://") || r.public_url.starts_with("http://")) {
+            return Err(
+                "key recordings.public_url: the http(s) URL Zoho reaches the bridge at".into(),
+            );
+        }
+        if r.link_ttl_seconds == 0 {
+            return Err("key recordings.link_ttl_seconds: must be positive".into());
+        }
+        if r.link_secret.as_ref().is_none_or(|s| s.is_empty()) && r.link_secret_env.is_none() {
+            return Err("key recordings.link_secret_env: a secret signs the links".into());
+        }
+        Ok(())
     }
 
     fn runtime_problems(&self, p: &mut Problems) {

@@ -205,10 +205,18 @@ pub fn router(cfg: &Config, store: Store, ops: Option<crate::ops::Ops>) -> Resul
         .route("/", get(page_search))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .with_state(app)
+        .merge(recordings_router(cfg)?)
         .layer(axum::middleware::map_response(
             crate::websec::security_headers,
-        ))
-        .with_state(app))
+        )))
+}
+
+/// `/recordings/...` when `[recordings]` has a root; an empty router otherwise.
+fn recordings_router(cfg: &Config) -> Result<Router, String> {
+    Ok(crate::recordings::Links::from_config(&cfg.recordings)?
+        .map(crate::recordings::router)
+        .unwrap_or_default())
 }
 
 /// Serves until `stop`, with the default connection limits.

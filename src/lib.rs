@@ -17,6 +17,7 @@ pub mod ops;
 pub mod persist;
 pub mod phone;
 pub mod pipeline;
+pub mod recordings;
 pub mod requeue;
 pub mod secret;
 pub mod store;

@@ -28,6 +28,7 @@ pub struct Pipeline {
     tz: jiff::tz::TimeZone,
     country: Option<phonenumber::country::Id>,
     cfg: Config,
+    links: Option<crate::recordings::Links>,
 }
 
 /// A rendered record and where it goes.
@@ -79,6 +80,7 @@ impl Pipeline {
             tz,
             country: crate::phone::country(&cfg.calls.default_country),
             cfg: cfg.clone(),
+            links: crate::recordings::Links::from_config(&cfg.recordings)?,
         })
     }
 
@@ -167,6 +169,7 @@ impl Pipeline {
             conf,
             templates: t,
             tz: &self.tz,
+            links: self.links.as_ref(),
         };
         let mut payload = match kind {
             RecordKind::Call => render_call_snapshot(style, snapshot, None),

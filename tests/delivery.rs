@@ -168,6 +168,8 @@ lease_seconds = 3
 backoff_initial_seconds = 0.1
 backoff_max_seconds = 1
 poll_seconds = 0.2
+# Each due row sent at once: the fault matrix is about faults, not batching (tests/credits.rs).
+linger_seconds = 0
 instance = "{instance}"
 
 [http]

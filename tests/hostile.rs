@@ -178,7 +178,7 @@ port = {ami_port}
 username = "bridge"
 secret = "{AMI_SECRET}"
 auth = "{auth}"
-ping_seconds = 3600
+ping_seconds = 300
 
 [store]
 url = "{store}"

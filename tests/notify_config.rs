@@ -14,11 +14,13 @@ fn check(extra: &str) -> (i32, String) {
 dc = "eu"
 client_id = "1000.CRM"
 client_secret = "x"
+admin_email = "admin@example.com"
 
 [zoho.accounts.pb]
 dc = "eu"
 client_id = "1000.PB"
 client_secret = "y"
+admin_email = "admin@example.com"
 
 [zoho.configurations.default]
 account = "main"
@@ -31,6 +33,8 @@ subject = "call"
     let out = support::bridge()
         .args(["config", "check"])
         .arg(&path)
+        .env("AZB_AGENT_LINK_SECRET", "an-agent-link-secret-of-32-bytes")
+        .env("AZB_HTTP_TOKEN", "a-test-http-token")
         .output()
         .expect("config check");
     let text = format!(

@@ -792,6 +792,7 @@ async fn rendered_lab_calls_are_accepted_and_pass_the_schema() {
                     conf,
                     templates: &templates,
                     tz: &tz,
+                    links: None,
                 },
                 &call,
                 "every call",

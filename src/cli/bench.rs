@@ -152,22 +152,70 @@ pub(crate) fn bench_parse(file: &Path, rounds: u32, baseline: bool) -> anyhow::R
     Ok(())
 }
 
+/// How the simulated Zoho behaves in `bench-deliver`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ZohoLoad {
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    pub concurrency: Option<usize>,
+}
+
+/// The `p` quantile of sorted values (0 when empty).
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds between pairs of µs timestamps, sorted.
+fn spans_ms(pairs: Vec<(i64, i64)>) -> Vec<f64> {
+    let mut v: Vec<f64> = pairs
+        .into_iter()
+        .map(|(a, b)| (b - a) as f64 / 1000.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Call records in the simulator that are copies of another (same subject, start time and
+/// description): what "delivered once" rules out.
+fn duplicate_records(records: &[serde_json::Value]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    records
+        .iter()
+        .filter(|r| {
+            let key = ["Subject", "Call_Start_Time", "Description", "Caller_ID"]
+                .map(|k| r.get(k).map(ToString::to_string).unwrap_or_default());
+            !seen.insert(key)
+        })
+        .count()
+}
+
 /// `bench-deliver`: the whole pipeline on a capture replayed at `speed` × its recorded pace,
-/// into a local simulator answering at once and a scratch SQLite store. Prints the time from
-/// a call's finalisation to the start of its Zoho request (p50, p99) and Zoho requests per
-/// activity.
-pub(crate) async fn bench_deliver(file: &Path, mut cfg: Config, speed: f64) -> anyhow::Result<()> {
+/// into a local simulator (answering after `load`'s latency, with its concurrency cap) and a
+/// scratch SQLite store. Prints, on its last line, the time from a call's finalisation to the
+/// start of its Zoho request and to its record being stored (p50, p99), Zoho requests and
+/// credits per activity, the 429s seen, and how many records Zoho holds and how many twice.
+pub(crate) async fn bench_deliver(
+    file: &Path,
+    mut cfg: Config,
+    speed: f64,
+    load: ZohoLoad,
+) -> anyhow::Result<()> {
     use ami_zoho_bridge::daemon::Bridge;
+    use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
     let dir = std::env::temp_dir().join(format!("azb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let sim = SimHandle::start(
-        "127.0.0.1:0".parse()?,
-        sim::demo_seed(),
-        SimLimits::default(),
-    )
-    .await?;
+    let limits = SimLimits {
+        latency: Duration::from_millis(load.latency_ms),
+        jitter: Duration::from_millis(load.jitter_ms),
+        concurrency: load.concurrency,
+        ..SimLimits::default()
+    };
+    let sim = SimHandle::start("127.0.0.1:0".parse()?, sim::demo_seed(), limits).await?;
     attach_to_simulator(&mut cfg, &sim, &dir).await?;
     cfg.store.url = format!("sqlite://{}", dir.join("bench.db").display());
     let bridge = Bridge::start(&cfg).await.map_err(daemon_error)?;
@@ -179,38 +227,45 @@ pub(crate) async fn bench_deliver(file: &Path, mut cfg: Config, speed: f64) -> a
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     futures::future::join_all(workers).await;
-    let mut lat: Vec<f64> = bridge
-        .store
-        .request_latencies()
-        .await?
-        .into_iter()
-        .map(|(fin, req)| (req - fin) as f64 / 1000.0)
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1]
-    };
-    let requests: u64 = bridge
-        .delivery
-        .apis()
-        .values()
-        .map(|a| a.requests_made())
+    let to_request = spans_ms(bridge.store.request_latencies().await?);
+    let to_stored = spans_ms(bridge.store.delivery_latencies().await?);
+    let apis = bridge.delivery.apis();
+    let requests: u64 = apis.values().map(|a| a.requests_made()).sum();
+    let credits: u64 = apis.values().map(|a| a.credits_spent()).sum();
+    let throttled: u64 = apis.values().map(|a| a.throttled_seen()).sum();
+    let sim_stats = sim.stats();
+    let sizes = &sim_stats.insert_sizes;
+    let insert_credits: u64 = sizes
+        .iter()
+        .map(|n| ami_zoho_bridge::zoho::credits::insert_cost(*n))
         .sum();
+    let records = sim.records("Calls");
     let activities = stats.delivered.max(1) as f64;
     bridge.store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "calls={calls} activities={} failed={} pending={} seconds={elapsed:.1} speed={speed} finalisation_to_request_ms_p50={:.2} p99={:.2} max={:.2} zoho_requests={requests} requests_per_activity={:.2}",
+        "calls={calls} activities={} failed={} pending={} seconds={elapsed:.1} speed={speed} finalisation_to_request_ms_p50={:.2} p99={:.2} max={:.2} zoho_requests={requests} requests_per_activity={:.2} finalisation_to_stored_ms_p50={:.2} finalisation_to_stored_ms_p99={:.2} finalisation_to_stored_ms_max={:.2} credits={credits} credits_per_activity={:.3} insert_credits={insert_credits} insert_credits_per_activity={:.3} zoho_credits={} inserts={} mean_insert_records={:.2} throttled_429={throttled} sim_429_concurrency={} sim_max_in_flight={} zoho_latency_ms={} zoho_concurrency={} zoho_records={} duplicates={}",
         stats.delivered,
         stats.failed,
         stats.pending,
-        pct(0.50),
-        pct(0.99),
-        lat.last().copied().unwrap_or(0.0),
-        requests as f64 / activities
+        quantile(&to_request, 0.50),
+        quantile(&to_request, 0.99),
+        to_request.last().copied().unwrap_or(0.0),
+        requests as f64 / activities,
+        quantile(&to_stored, 0.50),
+        quantile(&to_stored, 0.99),
+        to_stored.last().copied().unwrap_or(0.0),
+        credits as f64 / activities,
+        insert_credits as f64 / activities,
+        sim_stats.credits,
+        sizes.len(),
+        sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64,
+        sim_stats.throttled_concurrency,
+        sim_stats.max_in_flight,
+        load.latency_ms,
+        load.concurrency.map_or("none".to_string(), |c| c.to_string()),
+        records.len(),
+        duplicate_records(&records),
     );
     Ok(())
 }

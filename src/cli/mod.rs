@@ -214,6 +214,15 @@ enum Command {
         /// Multiple of the recorded pace.
         #[arg(long, default_value_t = 10.0)]
         speed: f64,
+        /// The simulated Zoho's time to answer each CRM request, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        zoho_latency_ms: u64,
+        /// Up to this many milliseconds more, at random.
+        #[arg(long, default_value_t = 0)]
+        zoho_jitter_ms: u64,
+        /// The simulated edition's cap on requests in flight (429 past it).
+        #[arg(long)]
+        zoho_concurrency: Option<usize>,
     },
     /// A capture replayed live into a local PhoneBridge: AMI event → notification latency.
     BenchNotify {
@@ -453,10 +462,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             config,
             speed,
+            zoho_latency_ms,
+            zoho_jitter_ms,
+            zoho_concurrency,
         } => {
             let cfg = load_config(Some(&config))?;
+            let load = bench::ZohoLoad {
+                latency_ms: zoho_latency_ms,
+                jitter_ms: zoho_jitter_ms,
+                concurrency: zoho_concurrency,
+            };
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(bench::bench_deliver(&file, cfg, speed))
+            runtime.block_on(bench::bench_deliver(&file, cfg, speed, load))
         }
         Command::BenchNotify {
             file,

@@ -175,6 +175,8 @@ fn top() -> Shape {
             "delivery" => Shape::Keys(keys_of(&super::DeliveryConfig::default()), |_| None),
             "http" => Shape::Keys(keys_of(&super::HttpConfig::default()), |_| None),
             "agi" => Shape::Keys(keys_of(&super::AgiConfig::default()), |_| None),
+            "limits" => Shape::Keys(keys_of(&super::LimitsConfig::default()), |_| None),
+            "recordings" => Shape::Keys(keys_of(&super::RecordingsConfig::default()), |_| None),
             _ => Shape::Any,
         })
     })
@@ -410,6 +412,9 @@ pub fn check(file: &Path) -> Report {
     section!(delivery, "delivery");
     section!(http, "http");
     section!(agi, "agi");
+    section!(limits, "limits");
+    section!(recordings, "recordings");
+    section!(click_to_dial, "click_to_dial");
     if errors.is_empty() {
         // Sections this check does not know one by one (added since) are read with the rest.
         match fig.extract::<Config>() {

@@ -8,11 +8,13 @@
 //! both carry unique keys, so a call seen twice (a restart, two bridges on one PBX) is stored
 //! once and delivered once.
 
+mod due;
 mod interactions;
 mod live;
 mod migrate;
 mod outbox;
 
+pub use due::DueGroup;
 pub use interactions::{remote_number, Interaction, Search};
 pub use live::SavedLive;
 pub use outbox::{

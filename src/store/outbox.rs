@@ -147,9 +147,9 @@ fn opt_text(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
-const COLUMNS: &str = "id, unique_key, pbx, linkedid, trigger_name, module, configuration, account, payload, workflows, agent_email, remote_number, attempts, unknown_outcome, finalised_at";
+pub(super) const COLUMNS: &str = "id, unique_key, pbx, linkedid, trigger_name, module, configuration, account, payload, workflows, agent_email, remote_number, attempts, unknown_outcome, finalised_at";
 
-fn leased(row: &AnyRow) -> Result<Leased, StoreError> {
+pub(super) fn leased(row: &AnyRow) -> Result<Leased, StoreError> {
     let payload: String = row.try_get("payload")?;
     let payload: Map<String, Value> = serde_json::from_str(&payload)
         .map_err(|e| StoreError::Data(format!("outbox payload: {e}")))?;

@@ -120,6 +120,8 @@ pub struct Renderer<'a> {
     pub conf: &'a ActivityConfig,
     pub templates: &'a Templates,
     pub tz: &'a jiff::tz::TimeZone,
+    /// Signed links to recordings the bridge serves (`[recordings]`), when configured.
+    pub links: Option<&'a crate::recordings::Links>,
 }
 
 /// Everything rendering needs from a call, as plain data. A record that cannot be rendered
@@ -217,6 +219,7 @@ pub fn render_call_snapshot(
         conf,
         templates,
         tz,
+        links,
     } = r;
     let (ctx, mut r) = begin(templates, snap, tz, SUBJECT)?;
     let call_type = snap.call_type();
@@ -252,11 +255,22 @@ pub fn render_call_snapshot(
     if let Some(n) = &snap.callee {
         r.insert("Dialled_Number".into(), json!(n));
     }
-    if conf.recording_url.is_some() {
-        let url = templates.render(RECORDING, &ctx)?;
-        if !url.trim().is_empty() {
-            r.insert("Voice_Recording__s".into(), json!(url));
+    // The configured template (which sees `tags.recording`), else the bridge's own signed
+    // link to the call's MixMonitor file; a call without a recording gets no field.
+    let recorded = snap
+        .vars
+        .get("tags")
+        .and_then(|t| t.get(crate::recordings::RECORDING_TAG))
+        .and_then(Value::as_str);
+    let url = match (&conf.recording_url, links, recorded) {
+        (Some(_), _, _) => Some(templates.render(RECORDING, &ctx)?),
+        (None, Some(l), Some(file)) => {
+            l.url(file, jiff::Timestamp::now().as_second().max(0) as u64)
         }
+        _ => None,
+    };
+    if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
+        r.insert("Voice_Recording__s".into(), json!(url));
     }
     for (name, value) in &conf.fields {
         let v = if templates.fields.contains(name) {
@@ -292,6 +306,7 @@ pub fn render_task_snapshot(
         conf,
         templates,
         tz,
+        links: _,
     } = r;
     let (ctx, mut r) = begin(templates, snap, tz, TASK_SUBJECT)?;
     let due_secs = snap.ended_at.div_euclid(1_000_000) + i64::from(conf.task_due_days) * 86_400;

@@ -3,10 +3,12 @@
 
 pub mod activity;
 pub mod api;
+pub mod credits;
 pub mod oauth;
 pub mod phonebook;
 pub mod phonebridge;
 pub mod sim;
+pub mod throttle;
 
 use std::fmt;
 use std::str::FromStr;

@@ -217,6 +217,11 @@ impl OAuth {
         })
     }
 
+    /// The account's name in the configuration.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
     pub fn token_file(&self) -> &TokenFile {
         &self.store
     }

@@ -2,9 +2,9 @@
 #![allow(dead_code)]
 
 pub mod ami_server;
+pub mod live_pbx;
 pub mod originate_server;
 pub mod pbx;
-pub mod live_pbx;
 pub mod pbx_model;
 
 use std::io::Read;

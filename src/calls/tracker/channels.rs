@@ -44,8 +44,12 @@ impl Tracker {
     /// what it tells about the call, and returns the call's key.
     pub(super) fn channel(&mut self, m: &Message, snap: &Snap, ts: Micros) -> Option<CallKey> {
         let uid = field(m, snap.uniqueid)?;
-        let key = match self.channels.get(uid) {
-            Some(c) => c.call,
+        let session = self.session;
+        let key = match self.channels.get_mut(uid) {
+            Some(c) => {
+                c.session = session;
+                c.call
+            }
             None => self.new_channel(m, snap, uid, ts)?,
         };
         self.observe_snapshot(key, m, snap, uid, ts);
@@ -98,6 +102,7 @@ impl Tracker {
                 local,
                 hung_up: None,
                 cause: None,
+                session: self.session,
             },
         );
         if local {

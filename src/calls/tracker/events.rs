@@ -366,8 +366,16 @@ impl Tracker {
         let is_queue_status = var == "QUEUESTATUS";
         let is_dial_status = var == "DIALSTATUS";
         let is_answered_time = var == "ANSWEREDTIME_MS";
+        // MixMonitor names its file here (Motion and FreePBX both record with it).
+        let is_recording = var == "MIXMONITOR_FILENAME";
         // VarSet is the most frequent event: decide from the name before any other work.
-        if !(is_route || is_email || is_queue_status || is_dial_status || is_answered_time) {
+        if !(is_route
+            || is_email
+            || is_queue_status
+            || is_dial_status
+            || is_answered_time
+            || is_recording)
+        {
             return;
         }
         let Some(key) = self.channel(m, &PLAIN, ts) else {
@@ -399,6 +407,11 @@ impl Tracker {
             c.agent_email = Some(value);
         } else if is_queue_status {
             c.queue_status = Some(value);
+        } else if is_recording {
+            // The first recording of a call wins (a transfer may start another).
+            c.tags
+                .entry(crate::recordings::RECORDING_TAG.to_string())
+                .or_insert(value);
         } else if origin {
             c.origin_dial_status = Some(value);
         }

@@ -66,6 +66,9 @@ struct Chan {
     #[serde(with = "state::raw_opt")]
     hung_up: Option<Micros>,
     cause: Option<u16>,
+    /// The AMI session (see [`Tracker::session`]) of the channel's latest event.
+    #[serde(default, skip_serializing)]
+    session: u32,
 }
 
 /// A field of a call that the events seen could not establish (see [`Call::unknown`]).
@@ -181,6 +184,11 @@ pub struct Tracker {
     /// PBX time of the last event before the session dropped (or the bridge stopped), until
     /// the next login's resync closes the gap.
     gap_from: Option<Micros>,
+    /// Counts logins. A resync's listing is taken while the new session's events already
+    /// flow: a channel heard from in this session is alive whatever the listing says (it may
+    /// have been created after the listing was made), so only channels last heard of in an
+    /// earlier session can have ended unseen.
+    session: u32,
 }
 
 const GRACE_DEFAULT: f64 = 2.0;
@@ -243,6 +251,7 @@ impl Tracker {
             last_flush: Micros(0),
             peak_live: 0,
             gap_from: None,
+            session: 0,
         }
     }
 
@@ -373,7 +382,10 @@ impl Tracker {
         use crate::ami::SourceEvent;
         match ev {
             SourceEvent::Message(m) => self.on_message(m, estimate, out),
-            SourceEvent::Reconnected { .. } => self.on_reconnect(),
+            SourceEvent::Reconnected { .. } => {
+                self.session = self.session.wrapping_add(1);
+                self.on_reconnect()
+            }
             SourceEvent::Disconnected { .. } => {
                 // Live, the estimate is the PBX time of the drop: nothing was lost before it.
                 if estimate > self.now && self.gap_from.is_none() {
@@ -390,6 +402,7 @@ impl Tracker {
             // The first session of this process: a tracker that already knows calls was
             // restored from a saved state, and what happened since the save is lost.
             SourceEvent::Connected { .. } => {
+                self.session = self.session.wrapping_add(1);
                 if !self.calls.is_empty() {
                     self.gap_from.get_or_insert(self.now);
                 }

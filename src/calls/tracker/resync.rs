@@ -129,7 +129,11 @@ impl Tracker {
             let mut gone: Vec<String> = self
                 .channels
                 .iter()
-                .filter(|(u, ch)| ch.hung_up.is_none() && !listed_uids.contains(u.as_str()))
+                .filter(|(u, ch)| {
+                    ch.hung_up.is_none()
+                        && ch.session != self.session
+                        && !listed_uids.contains(u.as_str())
+                })
                 .map(|(u, _)| u.clone())
                 .collect();
             gone.sort_by_key(|u| uid_order(u));

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod control;
+mod metering;
 mod people;
 mod phonebridge;
 mod records;
@@ -45,6 +46,16 @@ pub struct SimLimits {
     pub refresh_window: Duration,
     /// Live access tokens per refresh token; minting one more evicts the oldest.
     pub live_tokens: usize,
+    /// Time every CRM request takes, plus up to `jitter` more (uniform).
+    pub latency: Duration,
+    pub jitter: Duration,
+    /// The edition's cap on CRM requests in flight (Standard 10 ... Ultimate 25); past it,
+    /// 429. None: no cap.
+    pub concurrency: Option<usize>,
+    /// The org's daily credits; once spent, 429. None: unmetered (credits still counted).
+    pub daily_credits: Option<u64>,
+    /// Send `X-API-CREDITS-REMAINING` on every answer, not only once half is spent.
+    pub credits_header_always: bool,
 }
 
 impl Default for SimLimits {
@@ -55,6 +66,11 @@ impl Default for SimLimits {
             refresh_limit: 10,
             refresh_window: Duration::from_secs(600),
             live_tokens: 10,
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            concurrency: None,
+            daily_credits: None,
+            credits_header_always: false,
         }
     }
 }
@@ -161,6 +177,15 @@ pub struct SimStats {
     pub refreshes: usize,
     pub crm_requests: usize,
     pub inserts: usize,
+    /// Records of each insert request, in arrival order.
+    pub insert_sizes: Vec<usize>,
+    /// Credits spent, as Zoho counts them.
+    pub credits: u64,
+    /// 429s answered because of the concurrency cap, and because the credits ran out.
+    pub throttled_concurrency: usize,
+    pub throttled_credits: usize,
+    /// Most CRM requests in flight at once.
+    pub max_in_flight: usize,
 }
 
 struct Inner {
@@ -178,6 +203,8 @@ struct Inner {
     modified: HashMap<String, String>,
     /// PhoneBridge: the enabled provider, the per-user timelines.
     pb: phonebridge::PbState,
+    /// CRM requests being answered now.
+    in_flight: usize,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -220,6 +247,7 @@ impl SimHandle {
             stats: SimStats::default(),
             modified: HashMap::new(),
             pb: Default::default(),
+            in_flight: 0,
         };
         for c in &seed.grant_codes {
             let expires = Instant::now() + inner.limits.code_lifetime;
@@ -235,15 +263,21 @@ impl SimHandle {
             );
         }
         let inner = Arc::new(Mutex::new(inner));
-        let app = Router::new()
-            .route("/{dc}/oauth/v2/token", post(token))
-            .route("/{dc}/oauth/v2/token/revoke", post(revoke))
+        let crm = Router::new()
             .route("/{dc}/crm/{version}/users", get(users))
             .route("/{dc}/crm/{version}/{module}/search", get(search))
             .route(
                 "/{dc}/crm/{version}/{module}",
                 post(insert).get(list_people),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                inner.clone(),
+                metering::meter,
+            ));
+        let app = Router::new()
+            .route("/{dc}/oauth/v2/token", post(token))
+            .route("/{dc}/oauth/v2/token/revoke", post(revoke))
+            .merge(crm)
             .route(
                 "/{dc}/phonebridge/v3/integrate",
                 post(phonebridge::integrate).delete(phonebridge::integrate),

@@ -386,6 +386,7 @@ pub(super) async fn insert(
     }
     let mut g = lock(&inner);
     g.stats.inserts += 1;
+    g.stats.insert_sizes.push(data.len());
     let mut entries = Vec::new();
     let (mut ok, mut failed) = (0, 0);
     for (i, r) in data.iter().enumerate() {

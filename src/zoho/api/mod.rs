@@ -11,10 +11,18 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 
+mod answers;
+mod index;
+
+pub use answers::escape_criteria;
+use answers::{classify, network_error, ok_unless_denied, parse_users, record_outcome};
+
+use super::credits::{self, CreditMeter};
 use super::oauth::OAuth;
-use super::phonebook::{phone_fields, PhoneBook};
+use super::phonebook::PhoneBook;
+use super::throttle::InFlight;
 use super::{Retry, ZohoError};
 use crate::config::AccountConfig;
 use crate::phone;
@@ -93,6 +101,10 @@ struct BuiltIndex {
     since: jiff::Timestamp,
 }
 
+fn unix_now() -> u64 {
+    jiff::Timestamp::now().as_second().max(0) as u64
+}
+
 /// After the index cannot be read, how long lookups search Zoho instead of trying again.
 const INDEX_RETRY: Duration = Duration::from_secs(60);
 
@@ -106,7 +118,10 @@ pub struct ZohoApi {
     oauth: Arc<OAuth>,
     http: reqwest::Client,
     version: String,
-    permits: Semaphore,
+    /// Requests in flight: at most `max_in_flight`, fewer after a 429.
+    gate: InFlight,
+    credits: std::sync::Mutex<CreditMeter>,
+    throttled: std::sync::atomic::AtomicU64,
     users_ttl: Duration,
     phone_ttl: Duration,
     last_digits: usize,
@@ -118,6 +133,8 @@ pub struct ZohoApi {
     /// `Some` when the phone index is on.
     index: Option<IndexSettings>,
     book: Mutex<IndexState>,
+    /// A keeper task refreshes the index ([`ZohoApi::keep_index`]): lookups never wait for it.
+    index_kept: std::sync::atomic::AtomicBool,
     requests: std::sync::atomic::AtomicU64,
 }
 
@@ -140,7 +157,13 @@ impl ZohoApi {
             oauth,
             http,
             version: cfg.api_version.clone(),
-            permits: Semaphore::new(cfg.max_in_flight.max(1)),
+            gate: InFlight::new(cfg.max_in_flight),
+            credits: std::sync::Mutex::new(CreditMeter::new(
+                cfg.daily_credits,
+                cfg.credits_warn_share,
+                unix_now(),
+            )),
+            throttled: std::sync::atomic::AtomicU64::new(0),
             users_ttl: Duration::from_secs(cfg.users_cache_seconds),
             phone_ttl: Duration::from_secs(cfg.phone_cache_seconds),
             last_digits: cfg.match_last_digits,
@@ -154,6 +177,7 @@ impl ZohoApi {
                 rebuild: Duration::from_secs(cfg.phone_index_rebuild_seconds),
             }),
             book: Mutex::new(IndexState::default()),
+            index_kept: std::sync::atomic::AtomicBool::new(false),
             requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -165,6 +189,70 @@ impl ZohoApi {
 
     pub fn oauth(&self) -> &OAuth {
         &self.oauth
+    }
+
+    /// Credits spent so far, counted as Zoho does (one a read, ⌈records/10⌉ an insert).
+    pub fn credits_spent(&self) -> u64 {
+        self.meter().total()
+    }
+
+    /// Zoho's own count of the org's credits left, when it sent one.
+    pub fn credits_remaining(&self) -> Option<u64> {
+        self.meter().remaining()
+    }
+
+    /// 429 answers seen so far.
+    pub fn throttled_seen(&self) -> u64 {
+        self.throttled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests this account may have in flight now (lower after 429s).
+    pub fn in_flight_limit(&self) -> usize {
+        self.gate.limit()
+    }
+
+    fn meter(&self) -> std::sync::MutexGuard<'_, CreditMeter> {
+        // Counters only: a poisoned lock still holds usable figures.
+        self.credits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Books an answer: a 429 narrows the window; anything Zoho processed costs credits.
+    fn book_answer(&self, status: u16, write_records: Option<usize>, remaining: Option<u64>) {
+        let account = self.oauth.account().to_string();
+        if status == 429 {
+            self.gate.answered(true);
+            self.throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("azb_zoho_throttled_total", "account" => account).increment(1);
+            return;
+        }
+        self.gate.answered(false);
+        // A refused token is turned away before the API runs: no credit.
+        if status == 401 {
+            return;
+        }
+        let cost = credits::request_cost(write_records);
+        let now = unix_now();
+        let mut m = self.meter();
+        m.spend(now, cost);
+        if let Some(r) = remaining {
+            m.set_remaining(r);
+            metrics::gauge!("azb_zoho_credits_remaining", "account" => account.clone())
+                .set(r as f64);
+        }
+        metrics::counter!("azb_zoho_credits_total", "account" => account.clone()).increment(cost);
+        metrics::gauge!("azb_zoho_credits_projected_day", "account" => account.clone())
+            .set(m.projected_day(now));
+        if let Some(w) = m.check(now) {
+            tracing::warn!(
+                account = %account,
+                projected_credits_per_day = w.projected.round() as u64,
+                org_credits_used = ?w.org_used,
+                daily_credits = w.budget,
+                warn_share = w.share,
+                "Zoho API credits: the day's projected use passes the configured share of the budget"
+            );
+        }
     }
 
     /// One CRM request, with the token refreshed once on `INVALID_TOKEN`.
@@ -187,14 +275,12 @@ impl ZohoApi {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<Answer, ZohoError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ZohoError::Network {
-                message: "client shut down".into(),
-                retry: Retry::Transient,
-            })?;
+        let _slot = self.gate.acquire().await;
+        let write_records = (method != Method::GET).then(|| {
+            body.and_then(|b| b.get("data"))
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        });
         let mut refreshed = false;
         loop {
             let access = self.oauth.access().await?;
@@ -232,6 +318,12 @@ impl ZohoApi {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
+            let remaining = response
+                .headers()
+                .get("x-api-credits-remaining")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            self.book_answer(status, write_records, remaining);
             let bytes = response
                 .bytes()
                 .await
@@ -461,133 +553,6 @@ impl ZohoApi {
         Ok(found)
     }
 
-    /// A lookup in the phone index, reading or refreshing it first when due. `None` when the
-    /// index cannot be read (the caller searches Zoho instead).
-    async fn indexed(&self, settings: IndexSettings, number: &str) -> Option<Option<PhoneMatch>> {
-        let mut state = self.book.lock().await;
-        if state.failed_at.is_some_and(|t| t.elapsed() < INDEX_RETRY) {
-            return None;
-        }
-        let read = match &mut state.built {
-            Some(b) if b.built.elapsed() < settings.rebuild => {
-                if b.refreshed.elapsed() < settings.refresh {
-                    Ok(())
-                } else {
-                    self.refresh_index(b).await
-                }
-            }
-            _ => self.build_index().await.map(|b| state.built = Some(b)),
-        };
-        match read {
-            Ok(()) => {
-                state.failed_at = None;
-                state.built.as_ref().map(|b| b.book.lookup(number))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read Contacts and Leads for the phone index: searching Zoho for callers for now");
-                state.failed_at = Some(Instant::now());
-                None
-            }
-        }
-    }
-
-    async fn build_index(&self) -> Result<BuiltIndex, ZohoError> {
-        let since = jiff::Timestamp::now();
-        let mut book = PhoneBook::new(self.country, self.last_digits);
-        for module in [Module::Contacts, Module::Leads] {
-            self.read_people(module, None, &mut book).await?;
-        }
-        tracing::info!(
-            records = book.len(),
-            "phone index of Contacts and Leads read"
-        );
-        Ok(BuiltIndex {
-            book,
-            built: Instant::now(),
-            refreshed: Instant::now(),
-            since,
-        })
-    }
-
-    async fn refresh_index(&self, b: &mut BuiltIndex) -> Result<(), ZohoError> {
-        let since = jiff::Timestamp::now();
-        // A minute of overlap: records saved while the last read ran are read again.
-        let from = b.since - jiff::SignedDuration::from_secs(60);
-        for module in [Module::Contacts, Module::Leads] {
-            self.read_people(module, Some(from), &mut b.book).await?;
-        }
-        b.since = since;
-        b.refreshed = Instant::now();
-        Ok(())
-    }
-
-    /// Reads a module's records (all, or those modified since `since`) into `book`, 200 a
-    /// request, following Zoho's page tokens past its 2000-record page limit.
-    async fn read_people(
-        &self,
-        module: Module,
-        since: Option<jiff::Timestamp>,
-        book: &mut PhoneBook,
-    ) -> Result<(), ZohoError> {
-        let mut fields = vec!["Full_Name", "Last_Name", "Owner", "Modified_Time"];
-        fields.extend_from_slice(phone_fields(module));
-        let fields = fields.join(",");
-        let headers: Vec<(&str, String)> = since
-            .map(|t| {
-                let t = t
-                    .to_zoned(jiff::tz::TimeZone::UTC)
-                    .strftime("%Y-%m-%dT%H:%M:%S%:z");
-                vec![("If-Modified-Since", t.to_string())]
-            })
-            .unwrap_or_default();
-        let mut page = 1u32;
-        let mut token: Option<String> = None;
-        loop {
-            let page_text = page.to_string();
-            let mut q = vec![
-                ("fields", fields.as_str()),
-                ("per_page", "200"),
-                ("sort_by", "Modified_Time"),
-                ("sort_order", "asc"),
-            ];
-            match &token {
-                Some(t) => q.push(("page_token", t.as_str())),
-                None => q.push(("page", page_text.as_str())),
-            }
-            let a = self
-                .request_with(Method::GET, module.as_str(), &q, None, &headers)
-                .await?;
-            match a.status {
-                // Nothing (new) to read.
-                204 | 304 => return Ok(()),
-                200 => {}
-                _ => return Err(Self::fail(&a, &format!("reading {}", module.as_str()))),
-            }
-            let body = a.body.unwrap_or_default();
-            for r in body
-                .get("data")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                book.upsert(module, r);
-            }
-            let info = body.get("info");
-            let more = info
-                .and_then(|i| i.get("more_records"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            if !more {
-                return Ok(());
-            }
-            token = info
-                .and_then(|i| i.get("next_page_token"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            page += 1;
-        }
-    }
-
     async fn search(
         &self,
         module: Module,
@@ -780,140 +745,4 @@ impl ZohoApi {
             .await;
         ok_unless_denied(r, &format!("inserting {module}"))
     }
-}
-
-/// For probes: any answer but an authorization failure means the endpoint is usable.
-fn ok_unless_denied(r: Result<Answer, ZohoError>, what: &str) -> Result<(), ZohoError> {
-    let a = r?;
-    match a.status {
-        401 | 403 => Err(ZohoApi::fail(&a, what)),
-        s if s >= 500 => Err(ZohoApi::fail(&a, what)),
-        _ => Ok(()),
-    }
-}
-
-fn parse_users(body: Option<&Value>) -> Vec<User> {
-    body.and_then(|b| b.get("users"))
-        .and_then(Value::as_array)
-        .map(|users| {
-            users
-                .iter()
-                .filter_map(|u| {
-                    Some(User {
-                        id: u.get("id")?.as_str()?.to_string(),
-                        email: u.get("email")?.as_str()?.to_string(),
-                        full_name: u
-                            .get("full_name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn record_outcome(status: u16, e: &Value) -> RecordOutcome {
-    let text = |k: &str| {
-        e.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    if text("status") == "success" {
-        if let Some(id) = e.pointer("/details/id").and_then(Value::as_str) {
-            return RecordOutcome::Created { id: id.to_string() };
-        }
-    }
-    let code = text("code");
-    if code == "DUPLICATE_DATA" {
-        let id = e
-            .pointer("/details/duplicate_record/id")
-            .and_then(Value::as_str);
-        let field = e.pointer("/details/api_name").and_then(Value::as_str);
-        if let (Some(id), Some(field)) = (id, field) {
-            return RecordOutcome::Duplicate {
-                id: id.to_string(),
-                field: field.to_string(),
-            };
-        }
-    }
-    RecordOutcome::Failed(ZohoError::Api {
-        status,
-        retry: classify(
-            if code == "DEPENDENT_SERVICE_ERROR" {
-                503
-            } else {
-                400
-            },
-            &code,
-        ),
-        field: e
-            .pointer("/details/api_name")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        message: text("message"),
-        code,
-    })
-}
-
-/// Transient: 5xx, 429 and Zoho's dependent-service failures. Everything else is permanent.
-fn classify(status: u16, code: &str) -> Retry {
-    if status == 429
-        || status >= 500
-        || code == "DEPENDENT_SERVICE_ERROR"
-        || code == "TOO_MANY_REQUESTS"
-    {
-        Retry::Transient
-    } else {
-        Retry::Permanent
-    }
-}
-
-/// A failed exchange: before anything was sent it is transient; after a write was sent, its
-/// outcome is unknown (the record may exist).
-fn network_error(e: &reqwest::Error, write: bool, path: &str) -> ZohoError {
-    let sent = !e.is_connect() && !e.is_builder();
-    ZohoError::Network {
-        message: format!("{path}: {}", e.without_url_ref()),
-        retry: if write && sent {
-            Retry::Unknown
-        } else {
-            Retry::Transient
-        },
-    }
-}
-
-trait WithoutUrlRef {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrlRef for reqwest::Error {
-    /// The error text without the URL (which is harmless here, but keep logs short).
-    fn without_url_ref(&self) -> String {
-        let mut s = self.to_string();
-        if let Some(url) = self.url() {
-            s = s.replace(url.as_str(), "");
-        }
-        let mut source = std::error::Error::source(self);
-        while let Some(inner) = source {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        s
-    }
-}
-
-/// Zoho search criteria need `(`, `)`, `,` and `\` escaped with a backslash inside values.
-pub fn escape_criteria(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        if matches!(c, '(' | ')' | ',' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -9,6 +9,8 @@
 //! is first looked up in Zoho, by the configured unique field or by subject and time, so it
 //! is never created twice.
 
+mod batching;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,8 @@ pub struct Delivery {
     cfg: DeliveryConfig,
     instance: String,
     wake: Notify,
+    /// One plan-and-lease at a time in this process, so two workers do not split a batch.
+    planning: tokio::sync::Mutex<()>,
 }
 
 /// Rows sent in one insert: same account, module and workflow list.
@@ -103,6 +107,7 @@ impl Delivery {
                 .clone()
                 .unwrap_or_else(default_instance),
             wake: Notify::new(),
+            planning: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -129,6 +134,19 @@ impl Delivery {
         stop: CancellationToken,
         health: Arc<crate::ops::Health>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
+        // The phone indexes are refreshed here, off the delivery path.
+        for api in self.apis.values() {
+            let (api, stop) = (api.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    api.keep_index().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            });
+        }
         (0..self.cfg.workers)
             .map(|i| {
                 let me = self.clone();
@@ -149,25 +167,61 @@ impl Delivery {
     async fn work(&self, index: usize, stop: CancellationToken) {
         let owner = format!("{}#{index}", self.instance);
         crate::supervise::test_panic("delivery");
-        let lease = (self.cfg.lease_seconds * 1e6) as i64;
         let poll = crate::ops::seconds(self.cfg.poll_seconds, Duration::from_secs(5));
         while !stop.is_cancelled() {
-            match self.store.lease(&owner, self.cfg.batch_size, lease).await {
-                Ok(rows) if !rows.is_empty() => {
+            let mut sleep = poll;
+            match self.lease_batch(&owner).await {
+                Ok((rows, _)) if !rows.is_empty() => {
                     self.deliver(&owner, rows).await;
                     // More may be due at once: wake a sibling.
                     self.wake.notify_one();
                     continue;
+                }
+                Ok((_, Some(wake_at))) => {
+                    let wait = (wake_at - now_micros()).max(1000) as u64;
+                    sleep = sleep.min(Duration::from_micros(wait));
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "leasing outbox rows"),
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                _ = tokio::time::sleep(sleep) => {}
                 _ = stop.cancelled() => {}
             }
         }
+    }
+
+    /// Leases the rows to send now, per [`batching::plan`]: a group of ten (or tens) at once,
+    /// fewer once the oldest has lingered. Also returns when to look again if a group is
+    /// waiting for company or a retry is due.
+    async fn lease_batch(
+        &self,
+        owner: &str,
+    ) -> Result<(Vec<Leased>, Option<i64>), crate::store::StoreError> {
+        let lease = (self.cfg.lease_seconds * 1e6) as i64;
+        let linger = (self.cfg.linger_seconds * 1e6) as i64;
+        let _planning = self.planning.lock().await;
+        let now = now_micros();
+        let groups = self.store.due_groups(now).await?;
+        let plan = batching::plan(&groups, now, linger, self.cfg.batch_size);
+        let next_retry = self.store.next_due(now).await?;
+        let wake_at = match (plan.wake_at, next_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some((i, n)) = plan.take else {
+            return Ok((Vec::new(), wake_at));
+        };
+        let g = &groups[i];
+        let rows = self
+            .store
+            .lease_group(owner, &g.account, &g.module, n, lease)
+            .await?;
+        if !rows.is_empty() {
+            metrics::histogram!("azb_delivery_batch_rows").record(rows.len() as f64);
+        }
+        Ok((rows, wake_at))
     }
 
     /// Sends leased rows, one insert per (account, module, workflow list).

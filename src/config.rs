@@ -700,7 +700,7 @@ impl Config {
     }
 
     /// Batching and the Zoho budget: `delivery.linger_seconds`, and per account
-    /// `max_in_flight`, `daily_credits`, `credits_warn_share`.
+    /// `daily_credits`, `credits_warn_share` (`max_in_flight` is range-checked with the rest).
     fn validate_credits(&self) -> Result<(), String> {
         let linger = self.delivery.linger_seconds;
         if !(linger.is_finite() && (0.0..=300.0).contains(&linger)) {
@@ -708,11 +708,6 @@ impl Config {
         }
         for (name, a) in &self.zoho.accounts {
             let key = format!("zoho.accounts.{name}");
-            if a.max_in_flight == 0 || a.max_in_flight > 100 {
-                return Err(format!(
-                    "key {key}.max_in_flight: between 1 and 100 (Zoho allows 10 to 25 by edition)"
-                ));
-            }
             if a.daily_credits == Some(0) {
                 return Err(format!("key {key}.daily_credits: must be positive"));
             }

@@ -67,7 +67,7 @@ struct Chan {
     hung_up: Option<Micros>,
     cause: Option<u16>,
     /// The AMI session (see [`Tracker::session`]) of the channel's latest event.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     session: u32,
 }
 
@@ -184,7 +184,7 @@ pub struct Tracker {
     /// PBX time of the last event before the session dropped (or the bridge stopped), until
     /// the next login's resync closes the gap.
     gap_from: Option<Micros>,
-    /// Counts logins. A resync's listing is taken while the new session's events already
+    /// Counts session boundaries (a drop, a login). A resync's listing is taken while the new session's events already
     /// flow: a channel heard from in this session is alive whatever the listing says (it may
     /// have been created after the listing was made), so only channels last heard of in an
     /// earlier session can have ended unseen.
@@ -382,10 +382,7 @@ impl Tracker {
         use crate::ami::SourceEvent;
         match ev {
             SourceEvent::Message(m) => self.on_message(m, estimate, out),
-            SourceEvent::Reconnected { .. } => {
-                self.session = self.session.wrapping_add(1);
-                self.on_reconnect()
-            }
+            SourceEvent::Reconnected { .. } => self.on_reconnect(),
             SourceEvent::Disconnected { .. } => {
                 // Live, the estimate is the PBX time of the drop: nothing was lost before it.
                 if estimate > self.now && self.gap_from.is_none() {

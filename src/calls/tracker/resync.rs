@@ -48,6 +48,7 @@ fn uid_order(uid: &str) -> (i64, i64) {
 impl Tracker {
     /// The AMI session dropped: from the last event seen until the next login, events are lost.
     pub fn on_disconnect(&mut self) {
+        self.session = self.session.wrapping_add(1);
         self.gap_from.get_or_insert(self.now);
     }
 
@@ -55,6 +56,7 @@ impl Tracker {
     /// ([`Tracker::reconcile`]) says what happened in the gap, and calls whose channels still
     /// report end normally.
     pub fn on_reconnect(&mut self) {
+        self.session = self.session.wrapping_add(1);
         self.gap_from.get_or_insert(self.now);
     }
 

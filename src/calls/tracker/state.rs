@@ -31,6 +31,8 @@ struct Body {
     gap_from: Option<Micros>,
     next_key: CallKey,
     peak_live: usize,
+    #[serde(default)]
+    session: u32,
     calls: Vec<(CallKey, CallState)>,
     channels: Vec<(String, Chan)>,
     by_linkedid: Vec<(String, CallKey)>,
@@ -71,6 +73,7 @@ impl Tracker {
                 gap_from: self.gap_from,
                 next_key: self.next_key,
                 peak_live: self.peak_live,
+                session: self.session,
                 calls: sorted(&self.calls),
                 channels: sorted(&self.channels),
                 by_linkedid: sorted(&self.by_linkedid),
@@ -106,6 +109,7 @@ impl Tracker {
         self.gap_from = b.gap_from;
         self.next_key = b.next_key;
         self.peak_live = b.peak_live;
+        self.session = b.session;
         self.calls = b.calls.into_iter().collect();
         self.channels = b.channels.into_iter().collect();
         self.by_linkedid = b.by_linkedid.into_iter().collect();

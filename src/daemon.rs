@@ -445,6 +445,7 @@ async fn connect_retrying(
 
 /// `ami-zoho-bridge run`: until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let mut shutdown = ShutdownSignal::install();
     if cfg.pbx.is_empty() {
         return Err(DaemonError::Config(
             "key pbx: no [[pbx]] section: nothing to read".into(),
@@ -539,7 +540,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     tracing::info!(pbxs = cfg.pbx.len(), workers = workers.len(), store = %crate::store::redact_url(&cfg.store.url), "bridge running");
     let mut failure = None;
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down: no more AMI reading; storing ended calls"),
+        _ = shutdown.wait() => tracing::info!("shutting down: no more AMI reading; storing ended calls"),
         Some(done) = sources.join_next() => {
             failure = source_failure(done, &health);
             if failure.is_none() {
@@ -610,23 +611,62 @@ async fn warm_up() {
 
 /// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
+    ShutdownSignal::install().wait().await
+}
+
+/// SIGTERM and SIGINT, caught from the moment [`ShutdownSignal::install`] is called. `run`
+/// installs it first thing: a stop that comes while the bridge is still starting (restoring
+/// its state, loading phone metadata) must end it cleanly, not by the signal's default action
+/// (exit 143, which systemd counts as a failure).
+pub struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    /// Registers the handlers now (needs a Tokio runtime).
+    pub fn install() -> ShutdownSignal {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            ShutdownSignal {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignal {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves at the first SIGTERM or SIGINT (Ctrl-C).
+    pub async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            match (&mut self.term, &mut self.int) {
+                (Some(t), Some(i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                }
+                (Some(t), None) => {
+                    t.recv().await;
+                }
+                (None, Some(i)) => {
+                    i.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -1145,3 +1145,59 @@ async fn a_login_without_reply_reports_the_time_waited() {
     let text = err.to_string();
     assert!(text.contains("within 2 s"), "{text}");
 }
+
+/// Finding 6, terminal output: caller names, queues and agents come from the PBX and Zoho, so
+/// `search` must not pass their control and escape sequences to the admin's terminal. A call
+/// with a hostile queue and agent name (clear screen, set the window title, colours, a bidi
+/// override) is stored, and the real binary's table output carries none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_output_neutralises_terminal_escapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bridge.db");
+    let url = format!("sqlite://{}", db.display());
+    let capture = support::read_capture(&support::root().join("fixtures/ami-real/mixed-small.ami"));
+    let cfg = ami_zoho_bridge::config::Config::load(Some(
+        &support::root().join("fixtures/ami-real/bridge.toml"),
+    ))
+    .expect("lab config")
+    .calls;
+    let mut call = support::finished_calls(&capture, cfg)
+        .into_iter()
+        .next()
+        .expect("a call");
+    call.queue = Some("sales\u{1b}[2J\u{1b}]0;pwned\u{7}".into());
+    call.agent = Some("Agent\u{1b}[31m 1001\u{202e}".into());
+    call.agent_email = Some("agent1001@example.com".into());
+    let store = ami_zoho_bridge::store::Store::open(&url)
+        .await
+        .expect("store");
+    store
+        .record_call("lab", &call, None, &[], 1)
+        .await
+        .expect("stored");
+    store.close().await;
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\nurl = \"{url}\"\n\n[http]\nlisten = \"\"\n"),
+    )
+    .expect("config");
+    let out = support::bridge()
+        .args([
+            "search",
+            "--user-email",
+            "agent1001@example.com",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run search");
+    let text = support::success_stdout(&out);
+    assert!(text.contains("sales"), "the stored call is listed: {text}");
+    for bad in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        assert!(
+            !text.contains(bad),
+            "{bad:?} reached the terminal: {text:?}"
+        );
+    }
+}

@@ -228,22 +228,7 @@ listen = ""
     )
     .expect("config");
     let code = sim.grant_code("1000.LABCLIENT", "eu", sim::BRIDGE_SCOPES, None);
-    support::success_stdout(
-        &support::bridge()
-            .args([
-                "zoho",
-                "authorize",
-                "--account",
-                "main",
-                "--code",
-                &code,
-                "--config",
-            ])
-            .arg(&config)
-            .env("ZOHO_CLIENT_SECRET", "lab-secret")
-            .output()
-            .expect("authorize"),
-    );
+    rt.block_on(support::authorize(&config, "main", code, "lab-secret"));
     let link = |email: &str| -> String {
         let out = support::bridge()
             .args(["agent-link", email, "--config"])

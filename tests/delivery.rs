@@ -198,26 +198,7 @@ listen = ""
     /// `zoho authorize` with a fresh Self Client grant code, as an admin does once.
     async fn authorize(&self) {
         let code = self.sim.grant_code(CLIENT_ID, "eu", BRIDGE_SCOPES, None);
-        let cfg = self.config("a");
-        let out = tokio::task::spawn_blocking(move || {
-            support::bridge()
-                .args([
-                    "zoho",
-                    "authorize",
-                    "--account",
-                    "main",
-                    "--code",
-                    &code,
-                    "--config",
-                ])
-                .arg(&cfg)
-                .env("ZOHO_CLIENT_SECRET", CLIENT_SECRET)
-                .output()
-                .expect("run authorize")
-        })
-        .await
-        .expect("join");
-        support::success_stdout(&out);
+        support::authorize(&self.config("a"), "main", code, CLIENT_SECRET).await;
     }
 
     fn spawn(&self, instance: &str) -> Child {

@@ -213,26 +213,7 @@ listen = "127.0.0.1:{agi}"
 
     async fn authorize(&self) {
         let code = self.sim.grant_code(CLIENT_ID, "eu", BRIDGE_SCOPES, None);
-        let cfg = self.config();
-        let out = tokio::task::spawn_blocking(move || {
-            support::bridge()
-                .args([
-                    "zoho",
-                    "authorize",
-                    "--account",
-                    "main",
-                    "--code",
-                    &code,
-                    "--config",
-                ])
-                .arg(&cfg)
-                .env("ZOHO_CLIENT_SECRET", CLIENT_SECRET)
-                .output()
-                .expect("run authorize")
-        })
-        .await
-        .expect("join");
-        support::success_stdout(&out);
+        support::authorize(&self.config(), "main", code, CLIENT_SECRET).await;
     }
 
     fn spawn(&self, env: &[(&str, &str)]) -> Running {

@@ -279,21 +279,7 @@ listen = ""
         ("pb", "1000.PBA", PB_SCOPES),
     ] {
         let code = sim.grant_code(client, "eu", scopes, None);
-        let out = support::bridge()
-            .args([
-                "zoho",
-                "authorize",
-                "--account",
-                account,
-                "--code",
-                &code,
-                "--config",
-            ])
-            .arg(&config)
-            .env("ZOHO_CLIENT_SECRET", "lab-secret")
-            .output()
-            .expect("authorize");
-        support::success_stdout(&out);
+        support::authorize(&config, account, code, "lab-secret").await;
     }
     let log_path = dir.path().join("run.log");
     let mut child = support::bridge()

@@ -71,6 +71,29 @@ pub fn bridge() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_ami-zoho-bridge"))
 }
 
+/// `zoho authorize --account ACCOUNT --code CODE --config CONFIG` with the account's client
+/// secret in `ZOHO_CLIENT_SECRET`, as an admin runs it once; panics (with its stderr) if it
+/// fails. The code comes from the simulator (`SimHandle::grant_code`).
+pub async fn authorize(config: &Path, account: &str, code: String, client_secret: &str) {
+    let (config, account, secret) = (
+        config.to_path_buf(),
+        account.to_string(),
+        client_secret.to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        bridge()
+            .args(["zoho", "authorize", "--account", &account, "--code", &code])
+            .arg("--config")
+            .arg(&config)
+            .env("ZOHO_CLIENT_SECRET", &secret)
+            .output()
+            .expect("run authorize")
+    })
+    .await
+    .expect("join");
+    success_stdout(&out);
+}
+
 /// Asserts the command succeeded (showing its stderr if not) and returns its stdout.
 pub fn success_stdout(out: &std::process::Output) -> String {
     assert!(

@@ -134,26 +134,7 @@ listen = ""
 
     async fn authorize(&self) {
         let code = self.sim.grant_code(CLIENT_ID, "eu", BRIDGE_SCOPES, None);
-        let cfg = self.config.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            crate::support::bridge()
-                .args([
-                    "zoho",
-                    "authorize",
-                    "--account",
-                    "main",
-                    "--code",
-                    &code,
-                    "--config",
-                ])
-                .arg(&cfg)
-                .env("ZOHO_CLIENT_SECRET", CLIENT_SECRET)
-                .output()
-                .expect("run authorize")
-        })
-        .await
-        .expect("join");
-        crate::support::success_stdout(&out);
+        crate::support::authorize(&self.config, "main", code, CLIENT_SECRET).await;
     }
 
     fn log_path(&self, run: usize) -> PathBuf {
